@@ -1,0 +1,218 @@
+"""Callbacks that leave a run's results on disk: run record, best-model export, submission CSV."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import pandas as pd
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping
+
+from dsum.files import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
+from dsum.secrets import redact, redact_text
+
+RUN_RECORD = "run.json"
+BEST_MODEL_DIR = "best_model"
+SWEEP_PARAMS_ENV = "DSUM_SWEEP_PARAMS"
+OOM_HINT = (
+    "out of memory: lower data.max_tokens (token_budget batching) or data.batch_size / "
+    "data.eval_batch_size, and raise trainer.accumulate_grad_batches to keep the effective batch size"
+)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+class OptionalEarlyStopping(EarlyStopping):
+    """Early stopping on ``monitor`` that is off unless ``patience`` is set.
+
+    Args:
+        monitor: Metric to watch.
+        mode: ``max`` or ``min``.
+        patience: Validation checks without improvement before stopping; ``None`` disables early stopping.
+        min_delta: Smallest change that counts as an improvement.
+    """
+
+    def __init__(self, monitor: str = "val/rouge_mean", mode: str = "max", patience: int | None = None,
+                 min_delta: float = 0.0) -> None:
+        super().__init__(monitor=monitor, mode=mode, patience=patience or 0, min_delta=min_delta)
+        self.enabled = patience is not None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+class RunOutputs(L.Callback):
+    """Writes the run record (``run.json``) and exports the best checkpoint in Hugging Face format.
+
+    The record holds the run id, W&B run/sweep ids and sweep parameters if any, the status of every
+    stage (running, completed, interrupted, failed), best and final metrics, and paths. Rank 0 writes;
+    every write is atomic.
+
+    Args:
+        export_best: After ``fit``, save the best checkpoint with ``save_pretrained`` into
+            ``<run dir>/best_model`` (model, tokenizer, generation config).
+    """
+
+    def __init__(self, export_best: bool = True) -> None:
+        self.export_best = export_best
+        # Set by DsumCLI: the W&B run id (the agent's, a resumed run's, or a new one).
+        self.run_id: str | None = None
+        self.record: dict[str, Any] = {}
+        self._stage = ""
+
+    # ------------------------------------------------------------------------------ record
+    @staticmethod
+    def run_dir(trainer: L.Trainer) -> Path:
+        return Path(trainer.default_root_dir)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.is_global_zero:
+            atomic_write_json(self.run_dir(trainer) / RUN_RECORD, redact(self.record))
+
+    def _set_status(self, trainer: L.Trainer, status: str, **extra: Any) -> None:
+        self.record["status"] = status
+        self.record["history"][-1].update(status=status, ended_at=_now(), **extra)
+        self._save(trainer)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._stage = stage
+        path = self.run_dir(trainer) / RUN_RECORD
+        previous = read_json(path) if trainer.is_global_zero and path.is_file() else {}
+        sweep_params = json.loads(os.environ.get(SWEEP_PARAMS_ENV) or "{}")
+        checkpoint = trainer.checkpoint_callback
+        self.record = {
+            **previous,
+            "run_id": self.run_id or os.environ.get("WANDB_RUN_ID") or previous.get("run_id"),
+            "run_dir": str(self.run_dir(trainer)),
+            "config": str(self.run_dir(trainer) / "config.yaml"),
+            "stage": stage,
+            "status": "running",
+            "wandb": {
+                "run_id": self.run_id if trainer.loggers else None,
+                "sweep_id": os.environ.get("WANDB_SWEEP_ID"),
+                "project": os.environ.get("WANDB_PROJECT"),
+                "mode": os.environ.get("WANDB_MODE", "online"),
+            },
+            "sweep_params": sweep_params or previous.get("sweep_params", {}),
+            "monitor": getattr(checkpoint, "monitor", None) or "val/rouge_mean",
+            "command": [sys.executable, *sys.argv],
+            "world_size": trainer.world_size,
+            "history": [*previous.get("history", []), {"stage": stage, "status": "running", "started_at": _now()}],
+        }
+        if stage != previous.get("stage"):
+            # A new stage (e.g. `validate` on an exported model) reports its own metrics.
+            self.record.update(best_metric=None, final_metrics={}, metrics_history=[])
+        self._save(trainer)
+
+    def _record_metrics(self, trainer: L.Trainer, prefix: str) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+        if not metrics:
+            return
+        entry = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+        history = [*self.record.get("metrics_history", []), entry]
+        monitor = self.record["monitor"]
+        scores = [h[monitor] for h in history if monitor in h]
+        self.record.update(
+            final_metrics=metrics,
+            metrics_history=history,
+            global_step=trainer.global_step,
+            best_metric=max(scores) if scores else None,
+        )
+        self._save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record_metrics(trainer, "val/")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record_metrics(trainer, "test/")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        self.record["global_step"] = trainer.global_step
+        if checkpoint is not None:
+            self.record["best_checkpoint"] = checkpoint.best_model_path or None
+            self.record["last_checkpoint"] = getattr(checkpoint, "last_model_path", None) or None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.export_best and trainer.is_global_zero and not getattr(trainer, "dsum_interrupted", False):
+            self.record["best_model"] = str(self.export(trainer, pl_module))
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        """Load the best checkpoint's weights (if any) and save them in Hugging Face format, atomically."""
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if best and Path(best).is_file():
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            pl_module.load_state_dict(state)
+        return atomic_write_dir(self.run_dir(trainer) / BEST_MODEL_DIR, pl_module.export)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.record.get("status") == "running":
+            interrupted = getattr(trainer, "dsum_interrupted", False)
+            self._set_status(trainer, "interrupted" if interrupted else "completed")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not self.record:
+            return
+        if isinstance(exception, KeyboardInterrupt):
+            self._set_status(trainer, "interrupted", error="KeyboardInterrupt")
+            return
+        message = redact_text(f"{type(exception).__name__}: {exception}")[:4000]
+        hint = OOM_HINT if _is_oom(exception) else None
+        self._set_status(trainer, "failed", error=message, **({"hint": hint} if hint else {}))
+
+
+class SubmissionWriter(BasePredictionWriter):
+    """Writes ``predict`` results as a submission CSV (``fname,summary``), one row per input row, in
+    input order. Under DDP the ranks' predictions are gathered and de-duplicated by row index.
+
+    Args:
+        path: Output CSV; default ``<run dir>/submission.csv``.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.path = path
+        self.written: Path | None = None
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           predictions: Any, batch_indices: Any) -> None:
+        rows = [row for batch in predictions for row in batch]
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            gathered: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        if not trainer.is_global_zero:
+            return
+        by_index = {index: (fname, summary) for index, fname, summary in rows}
+        expected = trainer.datamodule.splits["predict"].table.fnames
+        missing = [expected[i] for i in range(len(expected)) if i not in by_index]
+        if missing:
+            raise RuntimeError(f"predictions missing for {len(missing)} rows, e.g. {missing[:5]}")
+        frame = pd.DataFrame(
+            [by_index[i] for i in range(len(expected))], columns=["fname", "summary"]
+        )
+        path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "submission.csv"
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        self.written = atomic_write_text(path, buffer.getvalue())
+        print(f"dsum: wrote {len(frame)} summaries to {path}")

@@ -1,0 +1,143 @@
+"""Batch samplers: random, length-grouped and token-budget batching, sharded for DDP.
+
+Every rank builds the same global list of batches from (seed, epoch), then takes every
+``num_replicas``-th batch. The list is padded by repeating its first batches up to a multiple of
+``num_replicas``, so all ranks run the same number of steps and none waits forever in a collective.
+Evaluation code de-duplicates by example index (see :class:`dsum.metrics.KoreanRouge`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+from torch.utils.data import Sampler
+
+BatchingMode = Literal["random", "length_grouped", "token_budget", "sorted"]
+
+# Length-grouped batching sorts within windows of this many batches (HF's LengthGroupedSampler uses 50).
+GROUP_WINDOW_BATCHES = 50
+
+
+class DialogueBatchSampler(Sampler[list[int]]):
+    """Yields lists of example indices for one rank.
+
+    Args:
+        source_lengths: Encoder (or prompt) tokens per example.
+        target_lengths: Decoder (or summary) tokens per example; zeros for unlabelled data.
+        mode: ``random`` (shuffle, fixed batch size), ``length_grouped`` (shuffle, then sort within
+            windows of 50 batches, then shuffle the batches), ``token_budget`` (sort by length, pack each
+            batch up to ``max_tokens`` padded tokens, shuffle the batches), ``sorted`` (longest first, no
+            shuffling: evaluation and prediction).
+        batch_size: Examples per batch (all modes but ``token_budget``).
+        max_tokens: Padded tokens per batch, ``n * (max source + max target)``, for ``token_budget``.
+        shuffle: Shuffle (training) or keep a fixed order (evaluation).
+        seed: Base seed; the epoch is added so every epoch differs but is reproducible.
+        num_replicas: World size.
+        rank: This process's rank.
+    """
+
+    def __init__(
+        self,
+        source_lengths: Sequence[int],
+        target_lengths: Sequence[int] | None = None,
+        mode: BatchingMode = "length_grouped",
+        batch_size: int = 16,
+        max_tokens: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if mode == "token_budget":
+            if max_tokens is None or max_tokens <= 0:
+                raise ValueError(f"token_budget batching needs a positive max_tokens, got {max_tokens}")
+        elif batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside world size {num_replicas}")
+        self.source_lengths = np.asarray(source_lengths, dtype=np.int64)
+        self.target_lengths = (
+            np.zeros_like(self.source_lengths)
+            if target_lengths is None
+            else np.asarray(target_lengths, dtype=np.int64)
+        )
+        self.mode = mode
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def _length_order(self, indices: np.ndarray) -> np.ndarray:
+        """`indices` sorted longest first; ties keep the incoming (possibly shuffled) order."""
+        keys = self.source_lengths[indices] + self.target_lengths[indices]
+        return indices[np.argsort(-keys, kind="stable")]
+
+    def _chunks(self, order: np.ndarray) -> list[list[int]]:
+        return [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+
+    def _token_budget_batches(self, order: np.ndarray) -> list[list[int]]:
+        batches: list[list[int]] = []
+        current: list[int] = []
+        max_src = max_tgt = 0
+        for index in order.tolist():
+            src, tgt = int(self.source_lengths[index]), int(self.target_lengths[index])
+            new_src, new_tgt = max(max_src, src), max(max_tgt, tgt)
+            if current and (len(current) + 1) * (new_src + new_tgt) > self.max_tokens:
+                batches.append(current)
+                current, new_src, new_tgt = [], src, tgt
+            current.append(index)
+            max_src, max_tgt = new_src, new_tgt
+        if current:
+            batches.append(current)
+        return batches
+
+    def global_batches(self) -> list[list[int]]:
+        """All batches of this epoch, for every rank, before sharding and padding."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        rng = self._rng()
+        indices = np.arange(len(self.source_lengths))
+        if self.shuffle:
+            indices = rng.permutation(indices)
+        if self.mode == "random":
+            batches = self._chunks(indices)
+        elif self.mode == "sorted":
+            batches = self._chunks(self._length_order(indices))
+        elif self.mode == "length_grouped":
+            window = self.batch_size * GROUP_WINDOW_BATCHES
+            batches = [
+                batch
+                for start in range(0, len(indices), window)
+                for batch in self._chunks(self._length_order(indices[start : start + window]))
+            ]
+        elif self.mode == "token_budget":
+            batches = self._token_budget_batches(self._length_order(indices))
+        else:
+            raise ValueError(f"unknown batching mode {self.mode!r}")
+        if self.shuffle and self.mode != "random":
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        self._cache = (self.epoch, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.global_batches()
+        total = len(self) * self.num_replicas
+        padded = batches + [batches[i % len(batches)] for i in range(total - len(batches))] if batches else []
+        yield from padded[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.global_batches()) / self.num_replicas)

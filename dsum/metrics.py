@@ -1,0 +1,269 @@
+"""Korean-aware ROUGE: tokenizers, a one-shot scorer and a DDP-synced torchmetrics ``Metric``.
+
+Scores follow rouge-score's algorithm (``RougeScorer`` with ``rouge1``, ``rouge2``, ``rougeL``): F1 per
+example, then the plain mean over examples. What differs is the tokenizer. rouge-score's default one
+deletes every character outside ``[a-z0-9]``, so on Korean it scores only the ``#Person1#`` fragments;
+both tokenizers here keep Hangul and keep ``#...#`` masks whole.
+
+Multiple references: per ROUGE type, an example scores the best F1 over its references, each type
+choosing its reference independently (rouge-score's ``score_multi``, the same max rule as the ``rouge``
+package's multi-reference mode).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from rouge_score.rouge_scorer import RougeScorer
+from torchmetrics import Metric
+
+ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
+# `#Person1#`, `#PhoneNumber#`, ...: anonymisation masks scored as single tokens.
+MASK_PATTERN = re.compile(r"#[A-Za-z0-9]+#")
+# Anything that is not a letter or digit in any script (underscore counts as punctuation here).
+_NON_WORD = re.compile(r"[\W_]+")
+_MORPHEME_INSTALL_HINT = "pip install kiwipiepy  (or: pip install 'dsum[morpheme]')"
+
+References = Sequence[str] | Sequence[Sequence[str]]
+
+
+@runtime_checkable
+class RougeTokenizer(Protocol):
+    """What ``RougeScorer`` needs from a tokenizer."""
+
+    def tokenize(self, text: str) -> list[str]: ...
+
+
+def _words(text: str) -> list[str]:
+    """rouge-score's normalisation, Unicode-aware: lowercase, non letters/digits become spaces, split."""
+    return _NON_WORD.sub(" ", text.lower()).split()
+
+
+class WhitespaceTokenizer:
+    """Unicode words; ``#...#`` masks kept whole and lowercased.
+
+    ``"#Person1#은 집에 갔다."`` becomes ``["#person1#", "은", "집에", "갔다"]``. Text is NFC-normalised
+    first so that composed and decomposed Hangul (e.g. from macOS file names) compare equal.
+    """
+
+    name = "whitespace"
+
+    def tokenize(self, text: str) -> list[str]:
+        text = unicodedata.normalize("NFC", text)
+        tokens: list[str] = []
+        start = 0
+        for mask in MASK_PATTERN.finditer(text):
+            tokens += _words(text[start : mask.start()])
+            tokens.append(mask.group().lower())
+            start = mask.end()
+        tokens += _words(text[start:])
+        return tokens
+
+    def __repr__(self) -> str:
+        return "WhitespaceTokenizer()"
+
+
+@functools.lru_cache(maxsize=1)
+def _kiwi() -> Any:
+    """The process-wide Kiwi analyser: loading its model takes about 1.5 s, so it is built once."""
+    try:
+        from kiwipiepy import Kiwi
+    except ImportError as err:
+        raise ImportError(f"The 'morpheme' ROUGE tokenizer needs kiwipiepy: {_MORPHEME_INSTALL_HINT}") from err
+    return Kiwi()
+
+
+def _mask_spans(text: str) -> list[tuple[int, int, str]]:
+    # Kiwi would split `#Person1#은` into `#Person1` + `#은`; pre-tokenized spans stay one proper noun.
+    return [(m.start(), m.end(), "NNP") for m in MASK_PATTERN.finditer(text)]
+
+
+class MorphemeTokenizer:
+    """Kiwi morphemes (surface forms of the analysis, lowercased), masks kept whole.
+
+    ``"#Person1#은 전화했다."`` becomes ``["#person1#", "은", "전화", "하", "었", "다"]``. Tokens with no letter
+    or digit (punctuation, symbols) are dropped, as the whitespace tokenizer drops them too. Needs the
+    optional ``kiwipiepy`` package; the Kiwi model is loaded on first use and shared by all instances.
+    """
+
+    name = "morpheme"
+
+    def __init__(self) -> None:
+        # Fail when the metric is built, not after the first validation epoch.
+        if importlib.util.find_spec("kiwipiepy") is None:
+            raise ImportError(f"The 'morpheme' ROUGE tokenizer needs kiwipiepy: {_MORPHEME_INSTALL_HINT}")
+
+    def tokenize(self, text: str) -> list[str]:
+        text = unicodedata.normalize("NFC", text)
+        morphemes = _kiwi().tokenize(text, pretokenized=_mask_spans(text))
+        return [form for form in (m.form.lower() for m in morphemes) if not _NON_WORD.fullmatch(form)]
+
+    def __repr__(self) -> str:
+        return "MorphemeTokenizer()"
+
+
+TOKENIZERS: dict[str, Callable[[], RougeTokenizer]] = {
+    "whitespace": WhitespaceTokenizer,
+    "morpheme": MorphemeTokenizer,
+}
+
+
+def get_tokenizer(tokenizer: str | RougeTokenizer) -> RougeTokenizer:
+    """A tokenizer by registry name (``whitespace``, ``morpheme``), or ``tokenizer`` itself if it has ``.tokenize``."""
+    if isinstance(tokenizer, str):
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"Unknown ROUGE tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}.")
+        return TOKENIZERS[tokenizer]()
+    if not isinstance(tokenizer, RougeTokenizer):
+        raise TypeError(f"A ROUGE tokenizer needs a .tokenize(text) method; got {type(tokenizer).__name__}.")
+    return tokenizer
+
+
+class _MemoTokenizer:
+    """Tokenizes each distinct text once per scoring call (``score_multi`` re-tokenizes the prediction per reference)."""
+
+    def __init__(self, tokenizer: RougeTokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._cache: dict[str, list[str]] = {}
+
+    def tokenize(self, text: str) -> list[str]:
+        if text not in self._cache:
+            self._cache[text] = self._tokenizer.tokenize(text)
+        return self._cache[text]
+
+
+def _as_reference_lists(preds: Sequence[str], refs: References) -> list[list[str]]:
+    """Check the inputs line up and give every example a non-empty list of reference strings."""
+    if isinstance(preds, str) or isinstance(refs, str):
+        raise TypeError("preds and refs must be sequences of strings (one per example), not a single string.")
+    if len(preds) != len(refs):
+        raise ValueError(f"Got {len(preds)} predictions but {len(refs)} references; need one entry per example.")
+    lists = []
+    for i, (pred, ref) in enumerate(zip(preds, refs)):
+        if not isinstance(pred, str):
+            raise TypeError(f"Prediction {i} is a {type(pred).__name__}, expected a string.")
+        ref_list = [ref] if isinstance(ref, str) else list(ref)
+        if not ref_list or not all(isinstance(r, str) for r in ref_list):
+            raise ValueError(f"Example {i}: expected a reference string or a non-empty list of strings, got {ref!r}.")
+        lists.append(ref_list)
+    return lists
+
+
+def score_examples(preds: Sequence[str], refs: References, tokenizer: str | RougeTokenizer = "whitespace") -> np.ndarray:
+    """Per-example ROUGE-1/2/L F1, shape ``(n, 3)``.
+
+    Args:
+        preds: One predicted summary per example.
+        refs: Per example, one reference string or a list of references (best F1 per ROUGE type counts).
+        tokenizer: Registry name or an object with ``.tokenize(text) -> list[str]``.
+    """
+    ref_lists = _as_reference_lists(preds, refs)
+    scorer = RougeScorer(list(ROUGE_TYPES), tokenizer=_MemoTokenizer(get_tokenizer(tokenizer)))
+    scores = np.zeros((len(preds), len(ROUGE_TYPES)), dtype=np.float64)
+    for i, (pred, ref_list) in enumerate(zip(preds, ref_lists)):
+        best = scorer.score_multi(ref_list, pred)
+        scores[i] = [best[t].fmeasure for t in ROUGE_TYPES]
+    return scores
+
+
+def summarize(scores: np.ndarray) -> dict[str, float | int]:
+    """Mean F1 per ROUGE type, ``rouge_mean`` (mean of the three × 100, the leaderboard scale) and ``count``.
+
+    With no examples every score is 0.0 and ``count`` is 0 (not NaN, so "best so far" trackers and
+    checkpoint monitors keep working).
+    """
+    if len(scores) == 0:
+        return {**{t: 0.0 for t in ROUGE_TYPES}, "rouge_mean": 0.0, "count": 0}
+    means = scores.mean(axis=0)
+    result: dict[str, float | int] = {t: float(m) for t, m in zip(ROUGE_TYPES, means)}
+    result["rouge_mean"] = float(means.mean() * 100.0)
+    result["count"] = len(scores)
+    return result
+
+
+def rouge_scores(preds: Sequence[str], refs: References, tokenizer: str | RougeTokenizer = "whitespace") -> dict[str, float | int]:
+    """One-shot ROUGE over a whole set: ``rouge1``, ``rouge2``, ``rougeL`` (F1 in [0, 1]), ``rouge_mean`` (× 100), ``count``.
+
+    Args:
+        preds: One predicted summary per example.
+        refs: Per example, one reference string or a list of references (best F1 per ROUGE type counts).
+        tokenizer: ``whitespace`` (default), ``morpheme`` (Kiwi), or an object with ``.tokenize``.
+    """
+    return summarize(score_examples(preds, refs, tokenizer))
+
+
+class KoreanRouge(Metric):
+    """ROUGE-1/2/L F1 with a Korean-aware tokenizer, synced across DDP ranks and de-duplicated by example.
+
+    Evaluation samplers (``DistributedSampler``) pad shards with repeated examples, so the state is kept
+    per example, as ``(index, rouge1, rouge2, rougeL)`` float64 rows gathered with ``cat``; ``compute``
+    keeps the first row of each dataset index and averages. ``compute`` returns plain Python numbers:
+    ``rouge1``, ``rouge2``, ``rougeL`` (F1 in [0, 1]), ``rouge_mean`` (mean of the three × 100) and
+    ``count`` (unique examples). With no examples every score is 0.0 and ``count`` is 0.
+
+    Args:
+        tokenizer: ``whitespace`` (Unicode words, masks kept whole) or ``morpheme`` (Kiwi morphemes), or an
+            object with ``.tokenize(text) -> list[str]``.
+        kwargs: Passed to ``torchmetrics.Metric`` (e.g. ``compute_on_cpu``, ``process_group``).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, tokenizer: str | RougeTokenizer = "whitespace", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tokenizer = get_tokenizer(tokenizer)
+        for state in ("indices", *ROUGE_TYPES):
+            self.add_state(state, default=[], dist_reduce_fx="cat")
+        # A rank that saw no examples sends an empty tensor of the metric's dtype; it must match the others.
+        self.set_dtype(torch.float64)
+
+    def update(self, preds: Sequence[str], targets: References, indices: torch.Tensor | Sequence[int] | None = None) -> None:
+        """Score a batch.
+
+        Args:
+            preds: One predicted summary per example.
+            targets: Per example, one reference string or a list of references.
+            indices: Dataset index of each example, used to drop padded duplicates across ranks. Without
+                it, examples are never de-duplicated (positions within a batch would collide across
+                batches and ranks).
+        """
+        scores = score_examples(preds, targets, self.tokenizer)
+        if indices is None:
+            index = np.full(len(preds), -1.0)
+        else:
+            index = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else list(indices), dtype=np.float64)
+            if index.shape != (len(preds),):
+                raise ValueError(f"Got {index.size} indices for {len(preds)} predictions; need one per example.")
+            if (index < 0).any():
+                raise ValueError(f"Dataset indices must be >= 0; got {index.min():g}.")
+        # MPS has no float64; the state is small and only read on the host.
+        device = self.device if self.device.type != "mps" else torch.device("cpu")
+        self.indices.append(torch.as_tensor(index, dtype=torch.float64, device=device))
+        for column, rouge_type in enumerate(ROUGE_TYPES):
+            getattr(self, rouge_type).append(torch.as_tensor(scores[:, column], dtype=torch.float64, device=device))
+
+    def _rows(self) -> tuple[np.ndarray, np.ndarray]:
+        def flat(state: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
+            if isinstance(state, list):
+                state = torch.cat(state) if state else torch.zeros(0, dtype=torch.float64)
+            return state.detach().cpu().double().numpy().reshape(-1)
+
+        index = flat(self.indices)
+        scores = np.stack([flat(getattr(self, t)) for t in ROUGE_TYPES], axis=1)
+        return index, scores
+
+    def compute(self) -> dict[str, float | int]:
+        index, scores = self._rows()
+        anonymous = index < 0
+        _, first = np.unique(index[~anonymous], return_index=True)
+        keep = np.concatenate([np.flatnonzero(~anonymous)[first], np.flatnonzero(anonymous)])
+        return summarize(scores[np.sort(keep)])

@@ -1,0 +1,148 @@
+"""Score a submission CSV against a labelled CSV: ``python -m dsum.score --pred sub.csv --gold dev.csv``.
+
+Prints one JSON object: ``rouge1``, ``rouge2``, ``rougeL`` (F1 in [0, 1]), ``rouge_mean`` (mean × 100, the
+leaderboard scale), ``count`` and ``tokenizer``. Problems with the files exit non-zero with a message
+that names the file, and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from dsum.metrics import TOKENIZERS, rouge_scores
+
+MAX_LISTED = 5
+
+
+class ScoreError(ValueError):
+    """A prediction or gold file that cannot be scored; the message names the file."""
+
+
+def _listing(items: Sequence[str]) -> str:
+    """``a, b, c (+7 more)``"""
+    more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+def _read_table(path: Path, required: Sequence[str], what: str) -> pd.DataFrame:
+    """Read a CSV as strings only (empty cells stay ``""``), tolerating a BOM and an unnamed index column."""
+    if not path.is_file():
+        raise ScoreError(f"{path}: {what} file not found.")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ScoreError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start}); re-save it as UTF-8.") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ScoreError(f"{path}: not a readable CSV ({err}).") from err
+    # sample_submission.csv carries a leading unnamed index column.
+    frame = frame.loc[:, [c for c in frame.columns if not str(c).startswith("Unnamed:")]]
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ScoreError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns) or 'none'}. "
+            f"A {what} file needs {', '.join(required)}."
+        )
+    if frame.empty:
+        raise ScoreError(f"{path}: header only, no rows to score.")
+    frame["fname"] = frame["fname"].str.strip()
+    duplicated = frame["fname"][frame["fname"].duplicated(keep=False)]
+    if not duplicated.empty:
+        names = list(dict.fromkeys(duplicated.tolist()))
+        rows = [str(i + 1) for i in duplicated.index]
+        raise ScoreError(
+            f"{path}: {len(names)} duplicate fname(s): {_listing(names)} (data rows {_listing(rows)}). "
+            "Each example must appear once."
+        )
+    return frame
+
+
+def read_gold(path: Path) -> dict[str, list[str]]:
+    """fname -> references (``summary``, then ``summary1``, ``summary2``, ... where not empty), in file order."""
+    frame = _read_table(path, ["fname", "summary"], "gold")
+    extra = sorted(
+        (c for c in frame.columns if c.startswith("summary") and c[len("summary") :].isdigit()),
+        key=lambda c: int(c[len("summary") :]),
+    )
+    empty = [str(i + 1) for i, s in enumerate(frame["summary"].tolist()) if not s.strip()]
+    if empty:
+        raise ScoreError(f"{path}: empty 'summary' (the first reference) in data rows {_listing(empty)}.")
+    columns = ["summary", *extra]
+    return {
+        row["fname"]: [row[c] for c in columns if row[c].strip()]
+        for row in frame[["fname", *columns]].to_dict("records")
+    }
+
+
+def read_predictions(path: Path) -> dict[str, str]:
+    """fname -> predicted summary, in file order. Empty summaries are allowed (they score 0)."""
+    frame = _read_table(path, ["fname", "summary"], "prediction")
+    return dict(zip(frame["fname"], frame["summary"]))
+
+
+def score_files(pred: str | Path, gold: str | Path, tokenizer: str = "whitespace") -> dict[str, float | int | str]:
+    """ROUGE of a prediction CSV against a gold CSV, matched by ``fname``.
+
+    Args:
+        pred: CSV with ``fname,summary`` (an unnamed leading index column is ignored).
+        gold: CSV with ``fname,summary`` and optionally more references in ``summary1``, ``summary2``, ...
+        tokenizer: ``whitespace`` (Unicode words) or ``morpheme`` (Kiwi morphemes, the official-style metric).
+
+    Raises:
+        ScoreError: A file is missing, unreadable, lacks columns, has duplicate fnames, or the two files'
+            fnames differ.
+    """
+    pred, gold = Path(pred), Path(gold)
+    references = read_gold(gold)
+    predictions = read_predictions(pred)
+    missing = [f for f in references if f not in predictions]
+    extra = [f for f in predictions if f not in references]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_listing(missing)}")
+        if extra:
+            parts.append(f"{len(extra)} not in the gold file: {_listing(extra)}")
+        raise ScoreError(f"{pred}: fnames do not match {gold}; {'; '.join(parts)}.")
+    empty = sum(1 for f in references if not predictions[f].strip())
+    if empty:
+        print(f"warning: {pred}: {empty} empty prediction(s), scored 0.", file=sys.stderr)
+    fnames = list(references)
+    result: dict[str, float | int | str] = dict(
+        rouge_scores([predictions[f] for f in fnames], [references[f] for f in fnames], tokenizer)
+    )
+    result["tokenizer"] = tokenizer
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry: parse arguments, score, print one JSON object."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dsum.score",
+        description="Score a submission CSV against a labelled CSV with Korean-aware ROUGE-1/2/L F1.",
+    )
+    parser.add_argument("--pred", type=Path, required=True, help="Predictions: CSV with fname,summary.")
+    parser.add_argument(
+        "--gold", type=Path, required=True,
+        help="References: CSV with fname,summary (more references in summary1, summary2, ...).",
+    )
+    parser.add_argument(
+        "--tokenizer", choices=list(TOKENIZERS), default="whitespace",
+        help="whitespace: Unicode words, #masks# kept whole (default); morpheme: Kiwi morphemes (needs kiwipiepy).",
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = score_files(args.pred, args.gold, args.tokenizer)
+    except (ScoreError, ImportError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(json.dumps(result, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Tiny, randomly initialised Hugging Face models built offline from a dialogue CSV.
+
+Tests, the quickstart and benchmarks cannot download checkpoints, so this module trains a small
+tokenizer on a CSV's ``dialogue`` and ``summary`` columns and saves a seeded random model of one of
+three families in ordinary Hugging Face format (``config.json``, safetensors weights,
+``generation_config.json``, ``tokenizer.json`` + ``tokenizer_config.json``):
+
+- ``bart``: ``BartForConditionalGeneration``; ``<s> X </s>`` inputs, decoding starts from ``</s>``.
+- ``t5``: ``T5ForConditionalGeneration`` (v1.1-style gated-GELU); ``<pad>``=0, ``</s>``=1, ``<unk>``=2,
+  inputs get ``</s>`` appended, decoding starts from ``<pad>``.
+- ``gpt2``: ``GPT2LMHeadModel`` with a byte-level BPE, ``<|endoftext|>`` as bos/eos/unk and no pad
+  token, like the real GPT-2, so callers must cope with a decoder-only model without one.
+
+Every ``#...#`` mask in the CSV plus :data:`DEFAULT_MASKS` becomes one special token, as in the
+original baseline. Note that ``decode(..., skip_special_tokens=True)`` therefore also deletes the
+masks (``#Person1#``) from generated text; decode with ``skip_special_tokens=False`` and strip the
+bos/eos/pad strings instead when masks must survive.
+
+Newlines: for ``bart`` and ``t5`` the pre-tokenizer isolates every ``"\\n"`` as its own token (``"\\n"``
+is always in the alphabet), so dialogue turns stay separated and decode back to ``"\\n"``; characters
+the small vocabulary lacks fall back to UTF-8 byte tokens (``<0xEA>``) instead of ``<unk>``.
+``gpt2`` is byte-level, so nothing is ever unknown.
+
+Example:
+    python -m dsum.tiny --csv data/sample/train.csv --out tiny_models --families bart,t5
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+FAMILIES: tuple[str, ...] = ("bart", "t5", "gpt2")
+"""Model families :func:`build_tiny_model` can build."""
+
+MASK_PATTERN = re.compile(r"#[A-Za-z0-9]+#")
+"""A masked span such as ``#Person1#`` or ``#PhoneNumber#``."""
+
+DEFAULT_MASKS: tuple[str, ...] = (
+    *(f"#Person{i}#" for i in range(1, 8)),
+    "#PhoneNumber#",
+    "#Address#",
+    "#DateOfBirth#",
+    "#PassportNumber#",
+    "#SSN#",
+    "#CardNumber#",
+    "#CarNumber#",
+    "#Email#",
+)
+"""Masks reported for the competition's train split, added even when a small CSV lacks them."""
+
+TEXT_COLUMNS: tuple[str, ...] = ("dialogue", "summary")
+"""CSV columns the tokenizer is trained on (whichever of them a file has)."""
+
+_METASPACE = "\u2581"  # "▁", SentencePiece's word-boundary marker
+_BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
+
+# Per family: the named special tokens (in id order, first ids of the vocabulary) and their roles.
+_SPECIALS: dict[str, dict[str, str]] = {
+    "bart": {
+        "bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>"
+    },
+    "t5": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+    "gpt2": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+}
+
+
+def _as_paths(csv_paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(csv_paths, (str, Path)):
+        return [Path(csv_paths)]
+    paths = [Path(p) for p in csv_paths]
+    if not paths:
+        raise ValueError("csv_paths is empty: pass at least one CSV with a 'dialogue' or 'summary' column.")
+    return paths
+
+
+def read_texts(csv_paths: str | Path | Sequence[str | Path]) -> list[str]:
+    """Read the ``dialogue`` and ``summary`` texts of one or more CSVs.
+
+    Args:
+        csv_paths: One CSV path or several. Each must have a ``dialogue`` and/or ``summary`` column.
+
+    Returns:
+        Every non-empty cell of those columns, file by file, row by row.
+
+    Raises:
+        FileNotFoundError: A path does not exist.
+        ValueError: A file has neither text column.
+    """
+    texts: list[str] = []
+    for path in _as_paths(csv_paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such CSV file; pass the path of a train/dev CSV.")
+        # keep_default_na=False: a summary such as "NA" or "null" is text, not a missing value.
+        frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+        columns = [c for c in TEXT_COLUMNS if c in frame.columns]
+        if not columns:
+            raise ValueError(
+                f"{path}: has columns {list(frame.columns)} but none of {list(TEXT_COLUMNS)}; "
+                "pass a CSV in the competition format (fname,dialogue,summary,topic)."
+            )
+        for column in columns:
+            texts.extend(t for t in frame[column].tolist() if t)
+    return texts
+
+
+def discover_masks(texts: Iterable[str], defaults: Sequence[str] = DEFAULT_MASKS) -> list[str]:
+    """List the mask tokens to register: ``defaults`` first, then others found in ``texts``, sorted.
+
+    Args:
+        texts: Texts to scan for ``#...#`` masks.
+        defaults: Masks always included, in this order.
+
+    Returns:
+        Unique masks; the order is deterministic so token ids are reproducible.
+    """
+    found = {m for text in texts for m in MASK_PATTERN.findall(text)}
+    return list(dict.fromkeys(defaults)) + sorted(found - set(defaults))
+
+
+def _train_backend(family: str, texts: list[str], masks: list[str], vocab_size: int) -> Tokenizer:
+    named = list(dict.fromkeys(_SPECIALS[family].values()))
+    specials = [AddedToken(t, special=True, normalized=False) for t in named + masks]
+    if family == "gpt2":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        return backend
+
+    # SentencePiece-like: words keep their leading "▁"; prepend_scheme="first" adds it only at the
+    # very start, so "#Person1#: 안녕" decodes back without a space after the mask.
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement=_METASPACE, prepend_scheme="first"),
+        ]
+    )
+    budget = vocab_size - len(_BYTE_TOKENS)
+    if budget < len(specials) + 64:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small for family {family!r}: it needs room for "
+            f"{len(_BYTE_TOKENS)} byte tokens, {len(specials)} special tokens and some pieces; use >= "
+            f"{len(_BYTE_TOKENS) + len(specials) + 64}."
+        )
+    trainer = trainers.BpeTrainer(
+        vocab_size=budget,
+        special_tokens=specials,
+        initial_alphabet=["\n", _METASPACE],
+        # Rare characters fall back to byte tokens, so keep half the budget for merges.
+        limit_alphabet=max(2, (budget - len(specials)) // 2),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    # Byte fallback (as in Llama's tokenizer) so characters missing from a small vocabulary
+    # become UTF-8 byte tokens rather than <unk>. The trainer cannot add them, so edit the model.
+    spec = json.loads(backend.to_str())
+    vocab = spec["model"]["vocab"]
+    for token in _BYTE_TOKENS:
+        vocab.setdefault(token, len(vocab))
+    spec["model"]["byte_fallback"] = True
+    backend = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+    backend.decoder = decoders.Sequence(
+        # No Fuse before Metaspace: Metaspace drops every "▁" of the first token it is given.
+        [decoders.ByteFallback(), decoders.Metaspace(replacement=_METASPACE, prepend_scheme="first")]
+    )
+    if family == "bart":
+        bos, eos = backend.token_to_id("<s>"), backend.token_to_id("</s>")
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+        )
+    else:
+        eos = backend.token_to_id("</s>")
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+        )
+    return backend
+
+
+def build_tokenizer(
+    csv_paths: str | Path | Sequence[str | Path],
+    family: str,
+    vocab_size: int = 2000,
+    max_positions: int = 1024,
+    masks: Sequence[str] | None = None,
+) -> PreTrainedTokenizerFast:
+    """Train a small BPE tokenizer for ``family`` on the CSVs' dialogues and summaries.
+
+    Args:
+        csv_paths: CSV file(s) with ``dialogue`` and/or ``summary`` columns.
+        family: One of :data:`FAMILIES`; picks the special tokens and pre-tokenizer.
+        vocab_size: Target vocabulary size, special and byte tokens included. A small corpus may
+            give fewer tokens; read ``len(tokenizer)`` for the real size.
+        max_positions: Saved as ``model_max_length``.
+        masks: Mask tokens to register as special tokens; by default :data:`DEFAULT_MASKS` plus
+            every ``#...#`` mask found in the CSVs.
+
+    Returns:
+        A fast tokenizer whose ``save_pretrained`` output ``AutoTokenizer`` loads back unchanged.
+
+    Raises:
+        ValueError: Unknown family, too small a ``vocab_size``, a mask not of the form ``#Name#``,
+            or CSVs without text.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not supported; choose one of {list(FAMILIES)}.")
+    texts = read_texts(csv_paths)
+    if not texts:
+        raise ValueError(f"{[str(p) for p in _as_paths(csv_paths)]}: no non-empty dialogue/summary text to train on.")
+    mask_list = discover_masks(texts) if masks is None else list(dict.fromkeys(masks))
+    bad = [m for m in mask_list if not MASK_PATTERN.fullmatch(m)]
+    if bad:
+        raise ValueError(f"masks {bad} do not look like '#Name#' (pattern {MASK_PATTERN.pattern}).")
+    backend = _train_backend(family, texts, mask_list, vocab_size)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=max_positions,
+        # Keep decode(encode(x)) == x; the default clean-up would glue punctuation to words.
+        clean_up_tokenization_spaces=False,
+        additional_special_tokens=mask_list,
+        **_SPECIALS[family],
+    )
+
+
+def _model_and_generation_config(
+    family: str, tokenizer: PreTrainedTokenizerFast, d_model: int, layers: int, heads: int, ffn: int,
+    max_positions: int, max_new_tokens: int,
+):
+    from transformers import BartConfig, GenerationConfig, GPT2Config, T5Config
+
+    vocab = len(tokenizer)
+    pad, eos, bos = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id
+    if family == "bart":
+        config = BartConfig(
+            vocab_size=vocab, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+            encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn,
+            decoder_ffn_dim=ffn, max_position_embeddings=max_positions, pad_token_id=pad,
+            bos_token_id=bos, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos,
+        )
+        generation = GenerationConfig(
+            decoder_start_token_id=eos, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+            forced_eos_token_id=eos, max_new_tokens=max_new_tokens,
+        )
+    elif family == "t5":
+        config = T5Config(
+            vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=ffn, num_layers=layers,
+            num_decoder_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu",
+            pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
+        )
+        generation = GenerationConfig(
+            decoder_start_token_id=pad, eos_token_id=eos, pad_token_id=pad, max_new_tokens=max_new_tokens
+        )
+    else:
+        config = GPT2Config(
+            vocab_size=vocab, n_embd=d_model, n_layer=layers, n_head=heads, n_inner=ffn,
+            n_positions=max_positions, bos_token_id=bos, eos_token_id=eos,
+        )
+        # No pad token exists; generate() pads finished rows with eos, as for the real GPT-2.
+        generation = GenerationConfig(
+            bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, max_new_tokens=max_new_tokens
+        )
+    return config, generation
+
+
+def build_tiny_model(
+    family: str,
+    out_dir: str | Path,
+    csv_paths: str | Path | Sequence[str | Path],
+    d_model: int = 64,
+    layers: int = 2,
+    heads: int | None = None,
+    ffn: int | None = None,
+    vocab_size: int = 2000,
+    max_positions: int = 1024,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+) -> Path:
+    """Build and save a seeded, randomly initialised model with its tokenizer in Hugging Face format.
+
+    Args:
+        family: One of :data:`FAMILIES`.
+        out_dir: Directory to write; created if missing, files in it are overwritten.
+        csv_paths: CSV file(s) the tokenizer is trained on.
+        d_model: Hidden size.
+        layers: Number of layers; for ``bart`` and ``t5`` the encoder and the decoder each get this many.
+        heads: Attention heads; default ``max(4, d_model // 64)``. Must divide ``d_model``.
+        ffn: Feed-forward inner size; default ``2 * d_model``.
+        vocab_size: Target tokenizer vocabulary size; the model's vocabulary is ``len(tokenizer)``.
+        max_positions: Longest input: BART position embeddings, GPT-2 ``n_positions`` and the
+            tokenizer's ``model_max_length`` (T5 uses relative positions).
+        seed: Seed for the random weights (the tokenizer is deterministic).
+        max_new_tokens: Default generation length saved in ``generation_config.json``.
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: An unknown family or inconsistent sizes.
+    """
+    import torch
+    from transformers import BartForConditionalGeneration, GPT2LMHeadModel, T5ForConditionalGeneration
+
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not supported; choose one of {list(FAMILIES)}.")
+    heads = heads if heads is not None else max(4, d_model // 64)
+    ffn = ffn if ffn is not None else 2 * d_model
+    sizes = {"d_model": d_model, "layers": layers, "heads": heads, "ffn": ffn, "max_positions": max_positions}
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name}={value} must be a positive integer.")
+    if d_model % heads:
+        raise ValueError(f"d_model={d_model} is not divisible by heads={heads}; pick heads that divide d_model.")
+
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(csv_paths, family, vocab_size=vocab_size, max_positions=max_positions)
+    config, generation = _model_and_generation_config(
+        family, tokenizer, d_model, layers, heads, ffn, max_positions, max_new_tokens
+    )
+    model_class = {
+        "bart": BartForConditionalGeneration,
+        "t5": T5ForConditionalGeneration,
+        "gpt2": GPT2LMHeadModel,
+    }[family]
+    # A private generator state: seeding must not disturb the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    model.generation_config = generation
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_all(
+    csv_paths: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    families: Sequence[str] = FAMILIES,
+    **sizes,
+) -> dict[str, Path]:
+    """Build one tiny model per family under ``out_dir/<family>``.
+
+    Args:
+        csv_paths: CSV file(s) the tokenizers are trained on.
+        out_dir: Parent directory.
+        families: Families to build.
+        **sizes: Passed to :func:`build_tiny_model` (``d_model``, ``layers``, ``heads``, ``ffn``,
+            ``vocab_size``, ``max_positions``, ``seed``, ``max_new_tokens``).
+
+    Returns:
+        Family name -> model directory.
+    """
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"families {unknown} are not supported; choose from {list(FAMILIES)}.")
+    return {f: build_tiny_model(f, Path(out_dir) / f, csv_paths, **sizes) for f in families}
+
+
+def main(
+    csv: str | list[str],
+    out: str = "tiny_models",
+    families: str = ",".join(FAMILIES),
+    d_model: int = 64,
+    layers: int = 2,
+    heads: int | None = None,
+    ffn: int | None = None,
+    vocab_size: int = 2000,
+    max_positions: int = 1024,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+) -> None:
+    """Build tiny random BART / T5 / GPT-2 models with tokenizers trained on a dialogue CSV.
+
+    Args:
+        csv: CSV file (or a list of them) with dialogue/summary columns to train the tokenizers on.
+        out: Output directory; each family is written to OUT/<family>.
+        families: Comma-separated families to build, from bart, t5, gpt2.
+        d_model: Hidden size.
+        layers: Layers; encoder and decoder each get this many for bart and t5.
+        heads: Attention heads (default max(4, d_model // 64)); must divide d_model.
+        ffn: Feed-forward inner size (default 2 * d_model).
+        vocab_size: Target vocabulary size, special and byte tokens included.
+        max_positions: Maximum sequence length (position embeddings, tokenizer model_max_length).
+        seed: Random seed for the weights.
+        max_new_tokens: Default generation length in generation_config.json.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Writing model shards" bar per family is noise here
+    names = [f.strip() for f in families.split(",") if f.strip()]
+    unknown = [f for f in names if f not in FAMILIES]
+    if unknown or not names:
+        raise ValueError(f"--families={families!r}: {unknown or 'nothing'} is not one of {list(FAMILIES)}.")
+    for family in names:
+        start = time.perf_counter()
+        path = build_tiny_model(
+            family, Path(out) / family, csv, d_model=d_model, layers=layers, heads=heads, ffn=ffn,
+            vocab_size=vocab_size, max_positions=max_positions, seed=seed, max_new_tokens=max_new_tokens,
+        )
+        print(f"{family}: {path} ({time.perf_counter() - start:.1f}s)")
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)

@@ -1,0 +1,37 @@
+"""Shared fixtures: the bundled sample, tiny offline models built once per session, offline W&B."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Tests never reach the W&B server or the Hugging Face Hub.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random BART, T5 and GPT-2 (HF format) with tokenizers trained on the sample."""
+    from dsum.tiny import build_all
+
+    return build_all([SAMPLE / "train.csv"], tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture()
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write raw CSV text (exact bytes matter for BOM / CRLF / encoding tests)."""
+    path.write_bytes(text.encode(encoding))
+    return path
