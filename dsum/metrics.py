@@ -29,7 +29,9 @@ ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
 MASK_PATTERN = re.compile(r"#[A-Za-z0-9]+#")
 # Anything that is not a letter or digit in any script (underscore counts as punctuation here).
 _NON_WORD = re.compile(r"[\W_]+")
-_MORPHEME_INSTALL_HINT = "pip install kiwipiepy  (or: pip install 'dsum[morpheme]')"
+_MORPHEME_MISSING = (
+    "The 'morpheme' ROUGE tokenizer needs kiwipiepy: pip install kiwipiepy  (or: pip install 'dsum[morpheme]')"
+)
 
 References = Sequence[str] | Sequence[Sequence[str]]
 
@@ -76,7 +78,7 @@ def _kiwi() -> Any:
     try:
         from kiwipiepy import Kiwi
     except ImportError as err:
-        raise ImportError(f"The 'morpheme' ROUGE tokenizer needs kiwipiepy: {_MORPHEME_INSTALL_HINT}") from err
+        raise ImportError(_MORPHEME_MISSING) from err
     return Kiwi()
 
 
@@ -86,7 +88,7 @@ def _mask_spans(text: str) -> list[tuple[int, int, str]]:
 
 
 class MorphemeTokenizer:
-    """Kiwi morphemes (surface forms of the analysis, lowercased), masks kept whole.
+    """Kiwi morphemes (the analysed forms, so 했 becomes 하 + 었; lowercased), masks kept whole.
 
     ``"#Person1#은 전화했다."`` becomes ``["#person1#", "은", "전화", "하", "었", "다"]``. Tokens with no letter
     or digit (punctuation, symbols) are dropped, as the whitespace tokenizer drops them too. Needs the
@@ -98,7 +100,7 @@ class MorphemeTokenizer:
     def __init__(self) -> None:
         # Fail when the metric is built, not after the first validation epoch.
         if importlib.util.find_spec("kiwipiepy") is None:
-            raise ImportError(f"The 'morpheme' ROUGE tokenizer needs kiwipiepy: {_MORPHEME_INSTALL_HINT}")
+            raise ImportError(_MORPHEME_MISSING)
 
     def tokenize(self, text: str) -> list[str]:
         text = unicodedata.normalize("NFC", text)
@@ -116,7 +118,7 @@ TOKENIZERS: dict[str, Callable[[], RougeTokenizer]] = {
 
 
 def get_tokenizer(tokenizer: str | RougeTokenizer) -> RougeTokenizer:
-    """A tokenizer by registry name (``whitespace``, ``morpheme``), or ``tokenizer`` itself if it has ``.tokenize``."""
+    """The tokenizer registered as ``tokenizer`` (``whitespace``, ``morpheme``), or ``tokenizer`` itself."""
     if isinstance(tokenizer, str):
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"Unknown ROUGE tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}.")
@@ -127,7 +129,7 @@ def get_tokenizer(tokenizer: str | RougeTokenizer) -> RougeTokenizer:
 
 
 class _MemoTokenizer:
-    """Tokenizes each distinct text once per scoring call (``score_multi`` re-tokenizes the prediction per reference)."""
+    """Tokenizes each distinct text once per call (``score_multi`` re-tokenizes the prediction per reference)."""
 
     def __init__(self, tokenizer: RougeTokenizer) -> None:
         self._tokenizer = tokenizer
@@ -151,12 +153,14 @@ def _as_reference_lists(preds: Sequence[str], refs: References) -> list[list[str
             raise TypeError(f"Prediction {i} is a {type(pred).__name__}, expected a string.")
         ref_list = [ref] if isinstance(ref, str) else list(ref)
         if not ref_list or not all(isinstance(r, str) for r in ref_list):
-            raise ValueError(f"Example {i}: expected a reference string or a non-empty list of strings, got {ref!r}.")
+            raise ValueError(f"Example {i}: expected a reference string or a non-empty list of them, got {ref!r}.")
         lists.append(ref_list)
     return lists
 
 
-def score_examples(preds: Sequence[str], refs: References, tokenizer: str | RougeTokenizer = "whitespace") -> np.ndarray:
+def score_examples(
+    preds: Sequence[str], refs: References, tokenizer: str | RougeTokenizer = "whitespace"
+) -> np.ndarray:
     """Per-example ROUGE-1/2/L F1, shape ``(n, 3)``.
 
     Args:
@@ -188,8 +192,10 @@ def summarize(scores: np.ndarray) -> dict[str, float | int]:
     return result
 
 
-def rouge_scores(preds: Sequence[str], refs: References, tokenizer: str | RougeTokenizer = "whitespace") -> dict[str, float | int]:
-    """One-shot ROUGE over a whole set: ``rouge1``, ``rouge2``, ``rougeL`` (F1 in [0, 1]), ``rouge_mean`` (× 100), ``count``.
+def rouge_scores(
+    preds: Sequence[str], refs: References, tokenizer: str | RougeTokenizer = "whitespace"
+) -> dict[str, float | int]:
+    """ROUGE over a whole set at once; keys as :func:`summarize` (the CLI scorer uses this).
 
     Args:
         preds: One predicted summary per example.
@@ -226,7 +232,9 @@ class KoreanRouge(Metric):
         # A rank that saw no examples sends an empty tensor of the metric's dtype; it must match the others.
         self.set_dtype(torch.float64)
 
-    def update(self, preds: Sequence[str], targets: References, indices: torch.Tensor | Sequence[int] | None = None) -> None:
+    def update(
+        self, preds: Sequence[str], targets: References, indices: torch.Tensor | Sequence[int] | None = None
+    ) -> None:
         """Score a batch.
 
         Args:
@@ -240,7 +248,8 @@ class KoreanRouge(Metric):
         if indices is None:
             index = np.full(len(preds), -1.0)
         else:
-            index = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else list(indices), dtype=np.float64)
+            values = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
+            index = np.asarray(values, dtype=np.float64)
             if index.shape != (len(preds),):
                 raise ValueError(f"Got {index.size} indices for {len(preds)} predictions; need one per example.")
             if (index < 0).any():
@@ -249,7 +258,8 @@ class KoreanRouge(Metric):
         device = self.device if self.device.type != "mps" else torch.device("cpu")
         self.indices.append(torch.as_tensor(index, dtype=torch.float64, device=device))
         for column, rouge_type in enumerate(ROUGE_TYPES):
-            getattr(self, rouge_type).append(torch.as_tensor(scores[:, column], dtype=torch.float64, device=device))
+            state = getattr(self, rouge_type)
+            state.append(torch.as_tensor(scores[:, column], dtype=torch.float64, device=device))
 
     def _rows(self) -> tuple[np.ndarray, np.ndarray]:
         def flat(state: list[torch.Tensor] | torch.Tensor) -> np.ndarray:

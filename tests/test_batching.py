@@ -1,0 +1,89 @@
+"""Batch samplers: determinism, DDP sharding with equal batch counts, token budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dsum.data.batching import DialogueBatchSampler
+
+RNG = np.random.default_rng(0)
+SRC = RNG.integers(20, 500, size=203).tolist()
+TGT = RNG.integers(5, 100, size=203).tolist()
+
+
+def epoch_batches(sampler: DialogueBatchSampler, epoch: int) -> list[list[int]]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@pytest.mark.parametrize("mode", ["random", "length_grouped", "token_budget"])
+def test_deterministic_given_seed_and_epoch(mode: str) -> None:
+    make = lambda seed: DialogueBatchSampler(SRC, TGT, mode=mode, batch_size=8, max_tokens=4000, seed=seed)  # noqa: E731
+    assert epoch_batches(make(1), 3) == epoch_batches(make(1), 3)
+    assert epoch_batches(make(1), 3) != epoch_batches(make(1), 4)
+    assert epoch_batches(make(1), 3) != epoch_batches(make(2), 3)
+
+
+@pytest.mark.parametrize("mode", ["random", "length_grouped", "token_budget", "sorted"])
+def test_every_example_once_on_one_rank(mode: str) -> None:
+    batches = epoch_batches(DialogueBatchSampler(SRC, TGT, mode=mode, batch_size=8, max_tokens=4000), 0)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(SRC)))
+
+
+@pytest.mark.parametrize("mode", ["random", "length_grouped", "token_budget", "sorted"])
+@pytest.mark.parametrize("n", [203, 208])
+def test_two_ranks_equal_batch_counts_and_disjoint_coverage(mode: str, n: int) -> None:
+    ranks = [
+        DialogueBatchSampler((SRC * 2)[:n], (TGT * 2)[:n], mode=mode, batch_size=8, max_tokens=4000,
+                             num_replicas=2, rank=r, seed=5)
+        for r in range(2)
+    ]
+    per_rank = [epoch_batches(s, 1) for s in ranks]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(ranks[0])
+    global_batches = ranks[0].global_batches()
+    padding = len(per_rank[0]) * 2 - len(global_batches)
+    assert padding in (0, 1)
+    seen = [[i for b in batches for i in b] for batches in per_rank]
+    assert set(seen[0]) | set(seen[1]) == set(range(n))
+    if padding == 0:
+        assert not set(seen[0]) & set(seen[1])
+        assert len(seen[0]) + len(seen[1]) == n
+    else:
+        # The one padded batch repeats the first global batch; nothing else overlaps.
+        assert set(seen[0]) & set(seen[1]) <= set(global_batches[0])
+
+
+def test_token_budget_never_exceeded_counting_padding() -> None:
+    sampler = DialogueBatchSampler(SRC, TGT, mode="token_budget", max_tokens=3000)
+    for epoch in range(3):
+        for batch in epoch_batches(sampler, epoch):
+            cost = len(batch) * (max(SRC[i] for i in batch) + max(TGT[i] for i in batch))
+            assert cost <= 3000, (batch, cost)
+
+
+def test_token_budget_batches_grow_for_short_examples() -> None:
+    src = [20] * 50 + [400] * 50
+    sampler = DialogueBatchSampler(src, [10] * 100, mode="token_budget", max_tokens=2100, shuffle=False)
+    sizes = {len(b): max(src[i] for i in b) for b in sampler}
+    assert max(sizes) == 50 and sizes[50] == 20  # 50 short ones fit together
+    assert min(sizes) == 5 and sizes[5] == 400
+
+
+def test_length_grouped_pads_less_than_random() -> None:
+    def padding(mode: str) -> float:
+        batches = epoch_batches(DialogueBatchSampler(SRC, None, mode=mode, batch_size=16), 0)
+        padded = sum(len(b) * max(SRC[i] for i in b) for b in batches)
+        return 1 - sum(SRC) / padded
+
+    assert padding("length_grouped") < 0.1 < 0.3 < padding("random")
+
+
+def test_invalid_settings() -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        DialogueBatchSampler(SRC, mode="token_budget")
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        DialogueBatchSampler(SRC, batch_size=0)
+    with pytest.raises(ValueError, match="rank 2"):
+        DialogueBatchSampler(SRC, num_replicas=2, rank=2)

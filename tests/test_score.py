@@ -1,0 +1,155 @@
+"""`python -m dsum.score`: reading submission and gold CSVs, fname matching, errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dsum.score import main, score_files
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = [REPO / "data" / "sample" / "dev.csv", REPO.parent / "shared" / "data" / "dev.csv"]
+FALLBACK = pd.DataFrame(
+    {
+        "fname": ["dev_0", "dev_1", "dev_2", "dev_5"],
+        "summary": [
+            "#Person2#는 숨쉬기 어려워합니다. 의사는 천식 검사를 권합니다.",
+            "#Person1#는 Jimmy를 운동하러 초대합니다.",
+            "#Person1#은 건강한 식단을 #Person2#에게 공유합니다.",
+            "두 사람은 #Address#에서 만나기로 합니다.",
+        ],
+    }
+)
+
+
+@pytest.fixture()
+def gold(tmp_path: Path) -> Path:
+    """A small labelled file: the first rows of the bundled or shared dev set, else a built-in one."""
+    source = next((p for p in SOURCES if p.is_file()), None)
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False).head(20) if source else FALLBACK
+    path = tmp_path / "gold.csv"
+    frame[["fname", "summary"]].to_csv(path, index=False)
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "dsum.score", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+    )
+
+
+def test_cli_scores_a_file_against_itself_as_100(gold: Path) -> None:
+    done = run_cli("--pred", str(gold), "--gold", str(gold))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["rouge_mean"] == 100.0
+    assert result["rouge1"] == result["rouge2"] == result["rougeL"] == 1.0
+    assert result["count"] == len(pd.read_csv(gold))
+    assert result["tokenizer"] == "whitespace"
+
+
+def test_cli_mismatch_lists_missing_and_extra_fnames_without_traceback(gold: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(gold, dtype=str, keep_default_na=False)
+    pred = frame.iloc[2:].copy()
+    pred.loc[len(frame)] = ["test_99", "요약문입니다."]
+    pred_path = tmp_path / "pred.csv"
+    pred.to_csv(pred_path, index=False)
+
+    done = run_cli("--pred", str(pred_path), "--gold", str(gold))
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert str(pred_path) in done.stderr and str(gold) in done.stderr
+    first, second = frame["fname"].iloc[0], frame["fname"].iloc[1]
+    assert f"2 missing: {first}, {second}" in done.stderr
+    assert "1 not in the gold file: test_99" in done.stderr
+
+
+def test_bom_and_unnamed_index_column_are_tolerated(gold: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(gold, dtype=str, keep_default_na=False)
+    pred_path = tmp_path / "submission.csv"
+    # The shape of sample_submission.csv, saved by Excel-style tools with a BOM; rows in another order.
+    frame.iloc[::-1].reset_index(drop=True).to_csv(pred_path, index=True, encoding="utf-8-sig")
+    assert pred_path.read_bytes().startswith(b"\xef\xbb\xbf,fname,summary")
+    assert score_files(pred_path, gold)["rouge_mean"] == 100.0
+
+
+def test_extra_reference_columns_take_the_best(tmp_path: Path) -> None:
+    gold = tmp_path / "gold.csv"
+    pd.DataFrame(
+        {
+            "fname": ["a", "b"],
+            "summary": ["#Person1#은 집에 갑니다.", "두 사람은 영화를 봅니다."],
+            "summary1": ["#Person1#은 학교에 갑니다.", ""],  # an empty extra reference is skipped
+            "summary2": ["전혀 관계없는 문장", "두 사람이 영화를 보러 갑니다."],
+        }
+    ).to_csv(gold, index=False)
+    pred = tmp_path / "pred.csv"
+    pd.DataFrame({"fname": ["b", "a"], "summary": ["두 사람이 영화를 보러 갑니다.", "#Person1#은 학교에 갑니다."]}).to_csv(
+        pred, index=False
+    )
+    result = score_files(pred, gold)
+    assert result["rouge_mean"] == 100.0
+    assert result["count"] == 2
+
+
+def test_morpheme_tokenizer_option(gold: Path) -> None:
+    pytest.importorskip("kiwipiepy")
+    result = score_files(gold, gold, tokenizer="morpheme")
+    assert result["rouge_mean"] == 100.0
+    assert result["tokenizer"] == "morpheme"
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code not in (0, None)
+    assert capsys.readouterr().out == ""
+    return str(exit_info.value.code)
+
+
+def test_duplicate_fnames_are_rejected(gold: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = pd.read_csv(gold, dtype=str, keep_default_na=False)
+    pred_path = tmp_path / "pred.csv"
+    pd.concat([frame, frame.iloc[[3]]]).to_csv(pred_path, index=False)
+    message = _fails(capsys, "--pred", str(pred_path), "--gold", str(gold))
+    assert str(pred_path) in message
+    assert f"1 duplicate fname(s): {frame['fname'].iloc[3]} (data rows 4, {len(frame) + 1})" in message
+
+
+def test_missing_columns_and_files_name_the_file(gold: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    no_summary = tmp_path / "pred.csv"
+    pd.DataFrame({"fname": ["dev_0"], "text": ["요약"]}).to_csv(no_summary, index=False)
+    message = _fails(capsys, "--pred", str(no_summary), "--gold", str(gold))
+    assert str(no_summary) in message and "missing column(s) summary" in message and "found fname, text" in message
+
+    absent = tmp_path / "absent.csv"
+    message = _fails(capsys, "--pred", str(gold), "--gold", str(absent))
+    assert f"{absent}: gold file not found" in message
+
+
+def test_empty_gold_summary_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gold = tmp_path / "gold.csv"
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["요약", ""]}).to_csv(gold, index=False)
+    message = _fails(capsys, "--pred", str(gold), "--gold", str(gold))
+    assert f"{gold}: empty 'summary'" in message and "data rows 2" in message
+
+
+def test_empty_predictions_score_zero_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gold = tmp_path / "gold.csv"
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["오늘 날씨가 좋다", "내일 비가 온다"]}).to_csv(gold, index=False)
+    pred = tmp_path / "pred.csv"
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["오늘 날씨가 좋다", ""]}).to_csv(pred, index=False)
+    main(["--pred", str(pred), "--gold", str(gold)])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rouge_mean"] == pytest.approx(50.0)
+    assert "1 empty prediction(s)" in captured.err
