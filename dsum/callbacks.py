@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping
 from dsum.files import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
 from dsum.secrets import redact, redact_text
 
-RUN_RECORD = "run.json"
+RUN_RECORD = "run.json"  # fit; other stages write `<stage>.json` beside it (validate.json, ...)
 BEST_MODEL_DIR = "best_model"
 SWEEP_PARAMS_ENV = "DSUM_SWEEP_PARAMS"
 OOM_HINT = (
@@ -84,9 +84,14 @@ class RunOutputs(L.Callback):
     def run_dir(trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir)
 
+    @staticmethod
+    def record_path(run_dir: Path, stage: str) -> Path:
+        """`run.json` for fit, `<stage>.json` for validate/test/predict, so stages never clobber each other."""
+        return run_dir / (RUN_RECORD if stage == "fit" else f"{stage}.json")
+
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
-            atomic_write_json(self.run_dir(trainer) / RUN_RECORD, redact(self.record))
+            atomic_write_json(self.record_path(self.run_dir(trainer), self._stage), redact(self.record))
 
     def _set_status(self, trainer: L.Trainer, status: str, **extra: Any) -> None:
         self.record["status"] = status
@@ -95,7 +100,7 @@ class RunOutputs(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._stage = stage
-        path = self.run_dir(trainer) / RUN_RECORD
+        path = self.record_path(self.run_dir(trainer), stage)
         previous = read_json(path) if trainer.is_global_zero and path.is_file() else {}
         sweep_params = json.loads(os.environ.get(SWEEP_PARAMS_ENV) or "{}")
         checkpoint = trainer.checkpoint_callback
@@ -118,8 +123,8 @@ class RunOutputs(L.Callback):
             "world_size": trainer.world_size,
             "history": [*previous.get("history", []), {"stage": stage, "status": "running", "started_at": _now()}],
         }
-        if stage != previous.get("stage"):
-            # A new stage (e.g. `validate` on an exported model) reports its own metrics.
+        if stage != "fit":
+            # Evaluation stages report this invocation's metrics only; fit accumulates across resumes.
             self.record.update(best_metric=None, final_metrics={}, metrics_history=[])
         self._save(trainer)
 

@@ -61,7 +61,7 @@ def test_fit_validate_predict(family: str, tiny_models, tmp_path) -> None:
     val_dir = tmp_path / f"{family}-validate"
     run_cli("validate", *small_run(family, export, val_dir), "--data.val_subset=8",
             "--model.generation.max_new_tokens=8")
-    val_record = json.loads((val_dir / "run.json").read_text())
+    val_record = json.loads((val_dir / "validate.json").read_text())
     assert val_record["stage"] == "validate" and val_record["status"] == "completed"
     assert val_record["best_metric"] == val_record["final_metrics"]["val/rouge_mean"]
 
