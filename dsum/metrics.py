@@ -24,9 +24,10 @@ import torch
 from rouge_score.rouge_scorer import RougeScorer
 from torchmetrics import Metric
 
+# `#Person1#`, `#PhoneNumber#`, ...: anonymisation masks, scored as single tokens (one definition for data and metric).
+from dsum.data.text import MASK_PATTERN
+
 ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
-# `#Person1#`, `#PhoneNumber#`, ...: anonymisation masks scored as single tokens.
-MASK_PATTERN = re.compile(r"#[A-Za-z0-9]+#")
 # Anything that is not a letter or digit in any script (underscore counts as punctuation here).
 _NON_WORD = re.compile(r"[\W_]+")
 _MORPHEME_MISSING = (

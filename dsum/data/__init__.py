@@ -1,15 +1,27 @@
-"""Dialogue CSVs to batches: reading and validation, text normalisation, batching, the DataModule."""
+"""Dialogue CSVs to batches: reading and validation, text normalisation, batching, the DataModule.
 
-from dsum.data.batching import DialogueBatchSampler
-from dsum.data.datamodule import DialogueDataModule
-from dsum.data.io import DataError, read_dialogue_csv
-from dsum.data.text import TextNormalization, find_masks
+Names are imported lazily so that light users (the scorer, the metric) don't pay for
+`datasets`/`transformers` imports they never use.
+"""
 
-__all__ = [
-    "DataError",
-    "DialogueBatchSampler",
-    "DialogueDataModule",
-    "TextNormalization",
-    "find_masks",
-    "read_dialogue_csv",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataError": "dsum.data.io",
+    "read_dialogue_csv": "dsum.data.io",
+    "DialogueBatchSampler": "dsum.data.batching",
+    "DialogueDataModule": "dsum.data.datamodule",
+    "TextNormalization": "dsum.data.text",
+    "find_masks": "dsum.data.text",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dsum.data' has no attribute {name!r}")
