@@ -1,0 +1,208 @@
+"""``python -m dsum.sweep {create,agent,parallel,serial,summarize,local,report}``.
+
+W&B sweeps need the W&B server; ``local`` runs the same YAMLs offline on Optuna. Both launch every trial
+exactly as a ``wandb agent`` would: one ``main.py`` process tree per trial.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonargparse import CLI
+
+from dsum.files import atomic_write_json
+from dsum.sweep.spec import load_sweep
+from dsum.sweep.summary import collect_trials
+from dsum.sweep.summary import summarize as write_summary
+from dsum.sweep.summary import sweep_dir_for
+from dsum.sweep.wandb_backend import (
+    agent_command, agent_env, create_sweep, require_server, run_agent, sweep_name, sweep_path,
+)
+from dsum.sweep.workers import results_table, run_workers
+
+Engine = Literal["wandb", "local"]
+
+
+def _metric(config: dict[str, Any]) -> tuple[str, Literal["maximize", "minimize"]]:
+    metric = config.get("metric") or {}
+    return metric.get("name", "val/rouge_mean"), metric.get("goal", "maximize")
+
+
+def _resolve(sweep: str, project: str | None, entity: str | None) -> tuple[str, str, dict[str, Any]]:
+    """(sweep id, name, config): a YAML path creates a new W&B sweep; anything else is an existing id."""
+    if sweep.endswith((".yaml", ".yml")) and Path(sweep).is_file():
+        config = load_sweep(sweep)
+        sweep_id = create_sweep(sweep, project, entity)
+        return sweep_id, sweep_name(config, sweep), config
+    return sweep, sweep.rsplit("/", 1)[-1], {}
+
+
+def create(sweep_file: str, project: str | None = None, entity: str | None = None) -> str:
+    """Validate a sweep YAML and create the W&B sweep; prints the sweep id.
+
+    Args:
+        sweep_file: A sweep YAML, e.g. ``sweeps/hyperparameter.yaml``.
+        project: W&B project (default: the YAML's, ``WANDB_PROJECT`` or ``dsum``).
+        entity: W&B entity (default: the YAML's or ``WANDB_ENTITY``).
+    """
+    sweep_id = create_sweep(sweep_file, project, entity)
+    print(sweep_id)
+    return sweep_id
+
+
+def summarize(sweep: str, sweep_id: str | None = None, from_wandb: bool = False, project: str | None = None,
+              entity: str | None = None, registry: str | None = "models/best_model") -> dict[str, Any]:
+    """Write ``outputs/sweep_<name>/<sweep_id>_summary.json`` and ``<sweep_id>_runs.csv`` and promote the
+    best trial's exported model into the registry if it beats what is there.
+
+    Args:
+        sweep: The sweep YAML (or its name).
+        sweep_id: Which sweep (default: the only one with trials in the sweep directory).
+        from_wandb: Also read trials from the W&B API (agents on other machines).
+        project: W&B project for ``from_wandb``.
+        entity: W&B entity for ``from_wandb``.
+        registry: Best-model directory; ``null`` not to promote.
+    """
+    config = load_sweep(sweep) if Path(sweep).is_file() else {}
+    name = sweep_name(config, sweep) if config else sweep
+    directory = sweep_dir_for(name)
+    if sweep_id is None:
+        ids = sorted({t["sweep_id"] for t in collect_trials(directory)} - {None})
+        if len(ids) != 1:
+            raise SystemExit(f"{directory}: say which sweep with --sweep_id (found: {', '.join(ids) or 'none'})")
+        sweep_id = ids[0]
+    metric, goal = _metric(config)
+    summary = write_summary(directory, sweep_id, metric, goal,
+                            wandb_path=sweep_path(sweep_id, project, entity) if from_wandb else None,
+                            registry=registry)
+    print(f"dsum: {directory / f'{sweep_id}_summary.json'}: best {summary['best_run_id']} = {summary['best_metric']}")
+    return summary
+
+
+def agent(sweep: str, count: int | None = None, project: str | None = None, entity: str | None = None) -> int:
+    """Run one ``wandb agent`` (``--count N``) on a new sweep (YAML path) or an existing sweep id, then summarize.
+
+    Args:
+        sweep: A sweep YAML (creates the sweep) or an existing sweep id (``entity/project/id`` or ``id``).
+        count: Trials this agent runs (default: until the sweep ends).
+        project: W&B project.
+        entity: W&B entity.
+    """
+    require_server()
+    sweep_id, name, config = _resolve(sweep, project, entity)
+    code = run_agent(sweep_id, name, count, project, entity)
+    if config:
+        summarize(sweep, sweep_id.rsplit("/", 1)[-1])
+    return code
+
+
+def parallel(sweep: str, num_workers: int = 2, runs_per_worker: int = 1, engine: Engine = "wandb",
+             project: str | None = None, entity: str | None = None, storage: str | None = None) -> list[dict]:
+    """N agents at once on one sweep, each pinned to its own GPU when GPUs exist, each with its own log.
+    One worker failing does not stop the others. Ends with each worker's status, return code and time,
+    saved as ``outputs/sweep_<name>/parallel_<name>_<sweep_id>_summary.json``.
+
+    Args:
+        sweep: Sweep YAML (or, for ``wandb``, an existing sweep id).
+        num_workers: Agent processes.
+        runs_per_worker: Trials per agent.
+        engine: ``wandb`` (needs the server) or ``local`` (Optuna, offline).
+        project: W&B project.
+        entity: W&B entity.
+        storage: ``local`` only: Optuna storage URL shared by the workers (default: a file under outputs/).
+    """
+    if engine == "local":
+        from dsum.sweep.local import local_study_id, local_worker_command
+
+        config = load_sweep(sweep)
+        name = sweep_name(config, sweep)
+        sweep_id = local_study_id(sweep, config)
+        commands = [local_worker_command(sweep, runs_per_worker, storage) for _ in range(num_workers)]
+        env: dict[str, str] = {}
+    else:
+        require_server()
+        sweep_id, name, config = _resolve(sweep, project, entity)
+        commands = [agent_command(sweep_id, runs_per_worker, project, entity) for _ in range(num_workers)]
+        env = agent_env(name)
+    directory = sweep_dir_for(name)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results = run_workers(commands, directory / "logs" / f"parallel_{time.strftime('%Y%m%d-%H%M%S')}", env)
+    short_id = sweep_id.rsplit("/", 1)[-1]
+    table = results_table(results)
+    atomic_write_json(directory / f"parallel_{name}_{short_id}_summary.json", {
+        "sweep": sweep, "sweep_id": short_id, "engine": engine, "num_workers": num_workers,
+        "runs_per_worker": runs_per_worker, "started_at": started, "workers": table,
+    })
+    for row in table:
+        print(f"worker {row['worker']}: {row['status']} rc={row['returncode']} {row['elapsed_seconds']}s {row['log_file']}")
+    if config or engine == "local":
+        summarize(sweep, short_id)
+    return table
+
+
+def serial(sweeps: list[str], runs_per_sweep: int = 10, engine: Engine = "wandb", project: str | None = None,
+           entity: str | None = None, storage: str | None = None) -> list[dict[str, Any]]:
+    """Several sweeps one after another, ``runs_per_sweep`` trials each, each summarized when it ends.
+
+    Args:
+        sweeps: Sweep YAMLs, run in this order.
+        runs_per_sweep: Trials per sweep.
+        engine: ``wandb`` (needs the server) or ``local`` (Optuna, offline).
+        project: W&B project.
+        entity: W&B entity.
+        storage: ``local`` only: Optuna storage URL.
+    """
+    summaries = []
+    for sweep in sweeps:
+        print(f"dsum: sweep {sweep} ({runs_per_sweep} runs, {engine})")
+        if engine == "local":
+            summaries.append(local(sweep, count=runs_per_sweep, storage=storage))
+        else:
+            sweep_id, name, _ = _resolve(sweep, project, entity)
+            run_agent(sweep_id, name, runs_per_sweep, project, entity)
+            summaries.append(summarize(sweep, sweep_id.rsplit("/", 1)[-1]))
+    return summaries
+
+
+def local(sweep_file: str, count: int | None = None, workers: int = 1, storage: str | None = None,
+          max_consecutive_failures: int = 3) -> dict[str, Any]:
+    """Run a sweep YAML without a W&B server, on Optuna; trials are launched exactly as ``wandb agent`` would.
+
+    Args:
+        sweep_file: A sweep YAML, e.g. ``sweeps/quick.yaml``.
+        count: Trials to run in this invocation, across all workers (``run_cap`` also applies).
+        workers: Trial processes at once on this machine.
+        storage: Optuna storage URL shared with workers elsewhere (e.g. ``postgresql://...``); default: a
+            file under ``outputs/sweep_<name>/``. Rerunning the same command resumes the same study.
+        max_consecutive_failures: Stop after this many failed trials in a row.
+    """
+    from dsum.sweep.local import run_local
+
+    return run_local(sweep_file, count=count, workers=workers, storage=storage,
+                     max_consecutive_failures=max_consecutive_failures)
+
+
+def report(sweep_dir: str, top: int = 10) -> list[str]:
+    """Write a PNG (metric against each swept parameter, best-so-far over trials) and a Markdown table
+    of the top runs for a finished sweep directory. Works offline.
+
+    Args:
+        sweep_dir: A sweep's output directory, e.g. ``outputs/sweep_quick``.
+        top: Rows in the Markdown table.
+    """
+    from dsum.sweep.report import write_report
+
+    paths = [str(p) for p in write_report(sweep_dir, top=top)]
+    for path in paths:
+        print(path)
+    return paths
+
+
+def main() -> None:
+    CLI([create, agent, parallel, serial, summarize, local, report], as_positional=True)
+
+
+if __name__ == "__main__":
+    main()

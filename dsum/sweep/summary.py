@@ -1,0 +1,145 @@
+"""Per-sweep summaries from the run records trials wrote (and optionally from the W&B API)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from dsum.callbacks import RUN_RECORD
+from dsum.files import atomic_write_json, atomic_write_text, read_json
+from dsum.secrets import redact
+from dsum.sweep.registry import DEFAULT_REGISTRY, Goal, beats, promote_if_better
+
+TRIAL_RECORDS = (RUN_RECORD, "validate.json")
+
+
+def sweep_dir_for(name: str, root: str | Path = "outputs") -> Path:
+    """Where a sweep's trials and summaries live: ``outputs/sweep_<name>``."""
+    return Path(root) / f"sweep_{name}"
+
+
+def trial_record(run_dir: Path) -> dict[str, Any] | None:
+    """The record a trial wrote: ``run.json`` for fit trials, ``validate.json`` for generation sweeps."""
+    for name in TRIAL_RECORDS:
+        path = run_dir / name
+        if path.is_file():
+            return read_json(path)
+    return None
+
+
+def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None) -> list[dict[str, Any]]:
+    """One row per trial under ``<sweep_dir>/runs/*``: run id, state, metric, params, paths."""
+    rows = []
+    for run_dir in sorted(Path(sweep_dir, "runs").glob("*")):
+        record = trial_record(run_dir)
+        if record is None:
+            continue
+        if sweep_id and (record.get("wandb") or {}).get("sweep_id") not in (sweep_id, None):
+            continue
+        rows.append({
+            "run_id": record.get("run_id") or run_dir.name,
+            "sweep_id": (record.get("wandb") or {}).get("sweep_id"),
+            "state": record.get("status", "unknown"),
+            "metric": record.get("best_metric"),
+            "params": record.get("sweep_params", {}),
+            "run_dir": str(run_dir),
+            "best_model": record.get("best_model"),
+            "started_at": (record.get("history") or [{}])[0].get("started_at"),
+        })
+    return rows
+
+
+def wandb_trials(sweep_path: str, metric: str) -> list[dict[str, Any]]:
+    """Trials as the W&B server knows them (agents on other machines): ``entity/project/sweep_id``."""
+    import wandb
+
+    sweep = wandb.Api().sweep(sweep_path)
+    return [{
+        "run_id": run.id,
+        "sweep_id": sweep_path.rsplit("/", 1)[-1],
+        "state": {"finished": "completed", "crashed": "failed", "killed": "interrupted"}.get(run.state, run.state),
+        "metric": run.summary.get(f"{metric}_best", run.summary.get(metric)),
+        "params": {k: v for k, v in run.config.items() if not k.startswith("_")},
+        "run_dir": None,
+        "best_model": None,
+        "started_at": getattr(run, "created_at", None),
+    } for run in sweep.runs]
+
+
+def best_trial(trials: list[dict[str, Any]], goal: Goal) -> dict[str, Any] | None:
+    best = None
+    for trial in trials:
+        if trial["metric"] is not None and (best is None or beats(trial["metric"], best["metric"], goal)):
+            best = trial
+    return best
+
+
+def summarize(
+    sweep_dir: str | Path,
+    sweep_id: str,
+    metric: str = "val/rouge_mean",
+    goal: Goal = "maximize",
+    wandb_path: str | None = None,
+    registry: str | Path | None = DEFAULT_REGISTRY,
+) -> dict[str, Any]:
+    """Write ``<sweep_dir>/<sweep_id>_summary.json`` and ``<sweep_id>_runs.csv``; promote the best model.
+
+    Args:
+        sweep_dir: The sweep's output directory (``outputs/sweep_<name>``).
+        sweep_id: The sweep id (W&B's, or the local study's name).
+        metric: The metric trials were ranked by.
+        goal: ``maximize`` or ``minimize``.
+        wandb_path: ``entity/project/sweep_id`` to also read trials from the W&B API; local records win.
+        registry: Best-model directory to promote into, or None not to promote.
+    """
+    sweep_dir = Path(sweep_dir)
+    trials = {t["run_id"]: t for t in (wandb_trials(wandb_path, metric) if wandb_path else [])}
+    trials.update({t["run_id"]: t for t in collect_trials(sweep_dir, sweep_id)})
+    rows = sorted(trials.values(), key=lambda t: str(t.get("started_at") or ""))
+    values = [t["metric"] for t in rows if t["metric"] is not None and t["state"] == "completed"]
+    best = best_trial([t for t in rows if t["state"] == "completed"], goal)
+    promoted = False
+    if registry is not None and best is not None and best.get("best_model"):
+        promoted = promote_if_better(best["best_model"], best["metric"], metric, goal, registry,
+                                     {"run_id": best["run_id"], "sweep_id": sweep_id, "params": best["params"]})
+    summary = {
+        "sweep_id": sweep_id,
+        "metric": metric,
+        "goal": goal,
+        "best_run_id": best and best["run_id"],
+        "best_metric": best and best["metric"],
+        "best_params": best and best["params"],
+        "best_model_path": best and best["best_model"],
+        "best_run_dir": best and best["run_dir"],
+        "promoted": promoted,
+        "registry": str(registry) if registry is not None else None,
+        "metric_stats": {
+            "count": len(values),
+            "mean": statistics.fmean(values) if values else None,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+        },
+        "states": dict(Counter(t["state"] for t in rows)),
+        "runs": len(rows),
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(sweep_dir / f"{sweep_id}_summary.json", redact(summary))
+    atomic_write_text(sweep_dir / f"{sweep_id}_runs.csv", runs_csv(rows))
+    return summary
+
+
+def runs_csv(rows: list[dict[str, Any]]) -> str:
+    """One CSV row per trial; each swept parameter gets its own column."""
+    params = sorted({k for row in rows for k in row["params"]})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["run_id", "state", "metric", *params, "run_dir", "best_model"])
+    for row in rows:
+        writer.writerow([row["run_id"], row["state"], row["metric"], *(row["params"].get(p) for p in params),
+                         row["run_dir"], row["best_model"]])
+    return redact(buffer.getvalue())

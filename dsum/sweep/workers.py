@@ -1,0 +1,70 @@
+"""Running sweep workers as child processes: one per GPU, each with its own log, none stopping the others."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class WorkerResult:
+    """How one worker process ended."""
+
+    worker: int
+    status: str
+    returncode: int
+    elapsed_seconds: float
+    log_file: str
+    gpu: str | None
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids to pin workers to: ``CUDA_VISIBLE_DEVICES`` if set, else every CUDA device."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def run_workers(commands: list[list[str]], log_dir: str | Path, env: dict[str, str] | None = None) -> list[WorkerResult]:
+    """Start every command at once, each pinned to its own GPU when GPUs exist, and wait for all.
+
+    Worker ``i`` gets ``CUDA_VISIBLE_DEVICES`` = the i-th visible GPU (round robin when there are more
+    workers than GPUs) and writes stdout+stderr to ``<log_dir>/worker_<i>.log``. A failing worker does
+    not stop the others.
+    """
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    gpus = visible_gpus()
+    running = []
+    for i, command in enumerate(commands):
+        worker_env = {**os.environ, **(env or {})}
+        gpu = gpus[i % len(gpus)] if gpus else None
+        if gpu is not None:
+            worker_env["CUDA_VISIBLE_DEVICES"] = gpu
+        log_file = log_dir / f"worker_{i}.log"
+        handle = open(log_file, "w", encoding="utf-8")
+        started = time.monotonic()
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=worker_env)
+        running.append((i, process, handle, started, log_file, gpu))
+        print(f"dsum: worker {i} started (pid {process.pid}, gpu {gpu or 'none'}), log {log_file}")
+    results = []
+    for i, process, handle, started, log_file, gpu in running:
+        code = process.wait()
+        handle.close()
+        result = WorkerResult(i, "completed" if code == 0 else "failed", code,
+                              round(time.monotonic() - started, 2), str(log_file), gpu)
+        print(f"dsum: worker {i} {result.status} (return code {code}, {result.elapsed_seconds:.0f}s)")
+        results.append(result)
+    return results
+
+
+def results_table(results: list[WorkerResult]) -> list[dict]:
+    return [asdict(r) for r in results]
