@@ -32,6 +32,27 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def stop_reason(trainer: L.Trainer) -> str | None:
+    """Why training stopped early, as set by dsum's callbacks: ``pruned`` or ``interrupted`` (else None)."""
+    return getattr(trainer, "dsum_stop_reason", None)
+
+
+def request_stop(trainer: L.Trainer, reason: str) -> None:
+    """Stop training cleanly at the next opportunity and record why (the run record's final status)."""
+    trainer.dsum_stop_reason = reason  # type: ignore[attr-defined]
+    trainer.should_stop = True
+
+
+def _process_age_seconds() -> float | None:
+    """Seconds since this process started (Linux/macOS via psutil), for the time-to-first-step figure."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except (ImportError, OSError):
+        return None
+
+
 def _is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -99,6 +120,7 @@ class RunOutputs(L.Callback):
         self._save(trainer)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum
         self._stage = stage
         path = self.record_path(self.run_dir(trainer), stage)
         previous = read_json(path) if trainer.is_global_zero and path.is_file() else {}
@@ -151,6 +173,13 @@ class RunOutputs(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record_metrics(trainer, "test/")
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if "startup_seconds" not in self.record["history"][-1]:
+            # Process start to first training step: what a sweep pays per trial before any learning.
+            self.record["history"][-1]["startup_seconds"] = _process_age_seconds()
+            self._save(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
         self.record["global_step"] = trainer.global_step
@@ -159,7 +188,7 @@ class RunOutputs(L.Callback):
             self.record["last_checkpoint"] = getattr(checkpoint, "last_model_path", None) or None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.export_best and trainer.is_global_zero and not getattr(trainer, "dsum_interrupted", False):
+        if self.export_best and trainer.is_global_zero and stop_reason(trainer) != "interrupted":
             self.record["best_model"] = str(self.export(trainer, pl_module))
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
@@ -172,8 +201,7 @@ class RunOutputs(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.record.get("status") == "running":
-            interrupted = getattr(trainer, "dsum_interrupted", False)
-            self._set_status(trainer, "interrupted" if interrupted else "completed")
+            self._set_status(trainer, stop_reason(trainer) or "completed")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not self.record:
