@@ -6,12 +6,20 @@ W&B sweep agents call this file directly; sweep parameters on the command line (
 
 import sys
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
 from dsum.cli import DsumCLI
 from dsum.sweep.params import rewrite_argv
 
+# Exit status of a process ended by SIGTERM (128 + 15), so agents and schedulers see an interruption.
+SIGTERM_EXIT = 143
+
 
 def main() -> None:
-    DsumCLI(args=rewrite_argv(sys.argv[1:]))
+    try:
+        DsumCLI(args=rewrite_argv(sys.argv[1:]))
+    except SIGTERMException:
+        sys.exit(SIGTERM_EXIT)
 
 
 if __name__ == "__main__":

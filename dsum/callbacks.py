@@ -15,6 +15,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dsum.files import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
 from dsum.secrets import redact, redact_text
@@ -206,12 +209,42 @@ class RunOutputs(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not self.record:
             return
-        if isinstance(exception, KeyboardInterrupt):
-            self._set_status(trainer, "interrupted", error="KeyboardInterrupt")
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            # A wandb agent stopping the run, hyperband, a preempted node or Ctrl+C: keep the work.
+            signal_name = "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
+            last = self._save_last_checkpoint(trainer) if self._stage == "fit" else None
+            self._finish_wandb(trainer, preempted=True)
+            self._set_status(trainer, "interrupted", signal=signal_name,
+                             **({"last_checkpoint": str(last)} if last else {}))
+            rank_zero_info(f"dsum: {signal_name} received; run marked interrupted"
+                           + (f", resume with --ckpt_path last ({last})" if last else ""))
             return
         message = redact_text(f"{type(exception).__name__}: {exception}")[:4000]
         hint = OOM_HINT if _is_oom(exception) else None
+        if hint:
+            rank_zero_warn(f"dsum: {hint}")
         self._set_status(trainer, "failed", error=message, **({"hint": hint} if hint else {}))
+
+    def _save_last_checkpoint(self, trainer: L.Trainer) -> Path | None:
+        """Write ``checkpoints/last.ckpt`` now (rank 0, no collective: other ranks may already be gone)."""
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is None or not trainer.is_global_zero or trainer.global_step == 0:
+            return None
+        path = Path(checkpoint.dirpath or self.run_dir(trainer) / "checkpoints") / "last.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.strategy.checkpoint_io.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(), path)
+        self.record["last_checkpoint"] = str(path)
+        return path
+
+    @staticmethod
+    def _finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
+        """Close the W&B run now, marked as preempted (resumable) rather than crashed."""
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None and trainer.is_global_zero:
+                run = logger.experiment
+                if preempted and hasattr(run, "mark_preempting"):
+                    run.mark_preempting()
+                run.finish(exit_code=1)
 
 
 class SubmissionWriter(BasePredictionWriter):
