@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ class DsumCLI(LightningCLI):
     """``python main.py {fit,validate,test,predict} --config configs/<model>.yaml [--key=value ...]``."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        # main.py always passes the (rewritten) argv explicitly; LightningCLI's warning about that would
+        # also echo the raw command line, credentials included.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         super().__init__(
             model_class=SummarizerBase,
             subclass_mode_model=True,

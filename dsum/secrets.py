@@ -6,7 +6,7 @@ import os
 import re
 from typing import Any
 
-REDACTED = "***"
+REDACTED = "<redacted>"  # a plain YAML scalar (a leading `*` would read as an alias)
 # Keys whose values are secrets wherever they appear.
 # (`token` only as a whole trailing word: `hf_token` is a secret, `max_tokens` is not.)
 SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|secret|password|passwd|credential|(^|[_.-])token$)", re.IGNORECASE)

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from dsum.secrets import redact
+from dsum.secrets import redact, secret_values
 
 __all__ = [
     "ALIASES",
@@ -838,7 +838,8 @@ def rewrite_argv(argv: list[str], environ: Mapping[str, str] = os.environ) -> li
                 _log(note)
         typed = {name: parse_cli_value(text) for name, text in params.items()}
         target = environ if isinstance(environ, MutableMapping) else os.environ
-        target[SWEEP_PARAMS_ENV] = json.dumps(redact(typed), ensure_ascii=False)
+        secrets = secret_values(dict(environ))
+        target[SWEEP_PARAMS_ENV] = json.dumps(redact(typed, secrets), ensure_ascii=False)
         explicit_dir = any(target_key(n) == "trainer.default_root_dir" for n in params)
     else:
         explicit_dir = False

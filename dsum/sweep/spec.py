@@ -231,6 +231,9 @@ def _check_values(name: str, where: str, key: str, spec: Mapping[str, Any], dist
         ):
             problems.append(f"{where}: {key} takes integers, got {value!r}")
             continue
+        if (key in P.BOOL_KEYS or name in P.BOOL_KEYS) and not isinstance(value, bool):
+            problems.append(f"{where}: {name} takes true or false, got {value!r}")
+            continue
         if name == P.PRESET_PARAM:
             if value not in P.PRESETS:
                 problems.append(f"{where}: unknown preset {value!r} (choose from {', '.join(P.PRESETS)})")
@@ -273,7 +276,8 @@ def _check_command(config: Mapping[str, Any]) -> list[str]:
         if item in UNUSABLE_MACROS:
             problems.append(f"command: {item} {UNUSABLE_MACROS[item]}, which LightningCLI cannot parse; "
                             "use ${args}")
-        elif " " in item.strip() and item.strip().startswith(("fit ", "validate ", "test ", "predict ", "--")):
+        elif len(item.split()) > 1 and (item.split()[0] in P.SUBCOMMANDS or (
+                item.startswith("--") and "=" not in item.split()[0])):
             problems.append(f"command: {item!r} holds several arguments; give each its own `- item`")
     literal = [c for c in rest if not (c.startswith("${") and c.endswith("}"))]
     try:
@@ -404,8 +408,6 @@ def _check_parameter_set(parameters: Mapping[str, Any], method: str) -> list[str
     if P.EFFECTIVE_BATCH in keys and "trainer.accumulate_grad_batches" in keys:
         problems.append(f"parameters.{P.EFFECTIVE_BATCH}: derives trainer.accumulate_grad_batches, which "
                         f"parameters.{keys['trainer.accumulate_grad_batches']} also sets: keep one")
-    if "fp16" in parameters and "bf16" in parameters:
-        problems.append("parameters.bf16: fp16 and bf16 both set trainer.precision: keep one")
     return problems
 
 
