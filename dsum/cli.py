@@ -83,6 +83,8 @@ class DsumCLI(LightningCLI):
         parser.link_arguments("model.init_args.pretrained", "data.tokenizer_name")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
         parser.link_arguments("model.init_args.trust_remote_code", "data.trust_remote_code")
+        # One seed: batch shuffling follows `seed_everything` (a sweep's `seed` changes both).
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=lambda seed: seed if type(seed) is int else 42)
         parser.link_arguments(
             "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints")
         )

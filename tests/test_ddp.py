@@ -44,7 +44,7 @@ def common(tiny: Path, run_dir: Path, devices: int) -> list[str]:
 def test_ddp_fit_validate_predict(tiny_models, tmp_path) -> None:
     run_dir = tmp_path / "ddp"
     main_py("fit", *common(tiny_models["bart"], run_dir, 2), "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3", cwd=tmp_path)
+            "--trainer.limit_train_batches=3", cwd=REPO)
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # exactly one W&B run for two ranks
     assert [p.name for p in run_dir.glob("best_model")] == ["best_model"]
@@ -56,13 +56,13 @@ def test_ddp_fit_validate_predict(tiny_models, tmp_path) -> None:
     scores = {}
     for devices in (1, 2):
         val_dir = tmp_path / f"validate{devices}"
-        main_py("validate", *common(export, val_dir, devices), "--trainer.logger=false", cwd=tmp_path)
+        main_py("validate", *common(export, val_dir, devices), "--trainer.logger=false", cwd=REPO)
         scores[devices] = json.loads((val_dir / "validate.json").read_text())["final_metrics"]
     for key in ("val/rouge1", "val/rouge2", "val/rougeL", "val/rouge_mean"):
         assert scores[2][key] == pytest.approx(scores[1][key], abs=1e-9), key
 
     submission = tmp_path / "submission.csv"
     main_py("predict", *common(export, tmp_path / "predict", 2), f"--submission.path={submission}",
-            "--trainer.logger=false", cwd=tmp_path)
+            "--trainer.logger=false", cwd=REPO)
     fnames = pd.read_csv(submission)["fname"].tolist()
     assert fnames == pd.read_csv(SAMPLE / "test.csv")["fname"].tolist()  # each once, in order

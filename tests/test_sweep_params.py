@@ -215,6 +215,18 @@ def test_agent_style_values_are_coerced_for_aliases_and_dotted_keys() -> None:
     assert "--trainer.max_epochs" in out and out[out.index("--trainer.max_epochs") + 1] == "3"
 
 
+def test_fraction_keys_keep_their_floats(tmp_path: Path) -> None:
+    # Lightning: limit_train_batches=1.0 is all batches, =1 is one batch.
+    out = rewrite_argv(["fit", "--trainer.limit_train_batches=1.0", "--trainer.val_check_interval", "1.0",
+                        "--trainer.max_epochs=2.0"], {})
+    assert out == ["fit", "--trainer.limit_train_batches=1.0", "--trainer.val_check_interval", "1.0",
+                   "--trainer.max_epochs=2"]
+    path = write_param_file(tmp_path / "p.yaml", {"trainer.limit_val_batches": 1.0, "lr": 1e-5})
+    args = overrides(rewrite_argv(["fit"], {"WANDB_SWEEP_PARAM_PATH": str(path)}))
+    assert args["trainer.limit_val_batches"] == "1.0"
+    assert overrides(map_params({"trainer.overfit_batches": 1.0}, {}, log=None))["trainer.overfit_batches"] == "1.0"
+
+
 def test_space_separated_and_bare_boolean_forms() -> None:
     out = rewrite_argv(["fit", "--lr", "1e-05", "--do_sample", "--num_beams", "4", "--seed", "-1"], {})
     assert overrides(out) == {"model.learning_rate": "1e-05", "model.generation.do_sample": "true",

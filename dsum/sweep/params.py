@@ -220,6 +220,12 @@ FLOAT_KEYS = frozenset({
     "early_stopping.min_delta", "trainer.gradient_clip_val",
 })
 BOOL_KEYS = frozenset({"model.generation.do_sample", "model.generation.early_stopping", "fp16", "bf16"})
+# Lightning reads an int as a count and a float as a fraction for these: `1.0` (all batches, once per
+# epoch) must not become `1` (one batch).
+FRACTION_KEYS = frozenset({
+    "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",
+    "trainer.limit_predict_batches", "trainer.val_check_interval", "trainer.overfit_batches",
+})
 
 
 # ------------------------------------------------------------------------------------------- names
@@ -294,15 +300,25 @@ def _normalize(value: Any) -> Any:
     return value
 
 
-def coerce_cli_string(text: str) -> str:
+def keeps_floats(name: str) -> bool:
+    """Whether ``1.0`` and ``1`` mean different things for this key (count vs fraction)."""
+    return normalize_key(name) in FRACTION_KEYS
+
+
+def coerce_cli_string(text: str, keep_floats: bool = False) -> str:
     """A ``str()``-formatted value as LightningCLI accepts it: ``64.0`` -> ``64``, ``None`` -> ``null``,
     ``True`` -> ``true``, ``[1, 2]`` -> JSON. Anything else (shell metacharacters included) is kept
-    verbatim: no shell ever sees these strings."""
+    verbatim: no shell ever sees these strings.
+
+    Args:
+        text: The value as given.
+        keep_floats: Keep ``1.0`` as is (for keys where a float is a fraction and an int a count).
+    """
     if text in ("True", "False"):
         return text.lower()
     if text == "None":
         return "null"
-    if _INTEGRAL_FLOAT.match(text):
+    if _INTEGRAL_FLOAT.match(text) and not keep_floats:
         return str(int(float(text)))
     if text and text[0] in "[({":
         try:
@@ -314,19 +330,26 @@ def coerce_cli_string(text: str) -> str:
     return text
 
 
-def cli_value(value: Any) -> str:
-    """A typed value (from a YAML/JSON parameter file or a sampler) as a CLI string."""
+def cli_value(value: Any, keep_floats: bool = False) -> str:
+    """A typed value (from a YAML/JSON parameter file or a sampler) as a CLI string.
+
+    Args:
+        value: The value.
+        keep_floats: Keep ``1.0`` as a float (see :func:`coerce_cli_string`).
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
     if isinstance(value, float):
-        return str(int(value)) if math.isfinite(value) and value.is_integer() else repr(value)
+        if keep_floats or not (math.isfinite(value) and value.is_integer()):
+            return repr(value)
+        return str(int(value))
     if isinstance(value, int):
         return str(value)
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(_normalize(value), ensure_ascii=False)
-    return coerce_cli_string(str(value))
+    return coerce_cli_string(str(value), keep_floats)
 
 
 def parse_cli_value(text: str) -> Any:
@@ -502,12 +525,13 @@ def parse_argv(argv: Sequence[str], source: str = "the command line") -> ParsedA
             continue
         if name in NATIVE_VALUED or (name.startswith("--") and _value_option(bare)):
             coerce = name not in ("--config", "-c", "--ckpt_path") and bare not in NATIVE_ROOTS
+            keep = keeps_floats(bare)
             if eq:
-                value = coerce_cli_string(value) if coerce else value
+                value = coerce_cli_string(value, keep) if coerce else value
                 parsed.natives.append(ArgItem([f"{name}={value}"], name, value))
                 i += 1
             elif _takes_next(tokens, i):
-                value = coerce_cli_string(tokens[i + 1]) if coerce else tokens[i + 1]
+                value = coerce_cli_string(tokens[i + 1], keep) if coerce else tokens[i + 1]
                 parsed.natives.append(ArgItem([name, value], name, value))
                 i += 2
             else:
@@ -747,7 +771,7 @@ def map_params(
     Raises:
         SweepParamError: an unknown name, a value outside an alias's choices, or conflicting parameters.
     """
-    texts = {str(name): cli_value(value) for name, value in params.items()}
+    texts = {str(name): cli_value(value, keeps_floats(str(name))) for name, value in params.items()}
     plan = _plan(texts, flatten(base), flatten(fixed or {}), world_size)
     if log is not None:
         for note in plan.notes:
@@ -774,7 +798,7 @@ def _merge_file_params(parsed: ParsedArgv, file_params: Mapping[str, Any], path:
                 if not (item.name and normalize_key(item.name.lstrip("-")) == key)
             ]
             continue
-        params[name] = cli_value(value)
+        params[name] = cli_value(value, keeps_floats(name))
     return params
 
 

@@ -191,6 +191,14 @@ def _check_parameter(name: str, spec: Any, method: str) -> list[str]:
                 f"exp({lo})..exp({hi}) = {math.exp(lo):.3g}..{math.exp(hi):.3g}; "
                 f"for values between {lo} and {hi} use `distribution: {dist}_values`"
             )
+        if ("distribution" not in spec and dist == "int_uniform" and (lo, hi) == (0, 1)
+                and key not in P.FLOAT_KEYS | P.INT_KEYS):
+            warnings.warn(
+                f"{where}: {{min: 0, max: 1}} without a distribution is int_uniform (0 or 1 only); write "
+                "0.0 and 1.0 (or `distribution: uniform`) for a fraction",
+                SweepSpecWarning,
+                stacklevel=4,
+            )
         if "distribution" not in spec and dist == "int_uniform" and key in P.FLOAT_KEYS:
             problems.append(
                 f"{where}: {{min: {lo}, max: {hi}}} without a distribution is read by W&B as int_uniform "

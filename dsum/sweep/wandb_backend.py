@@ -58,8 +58,10 @@ def agent_command(sweep_id: str, count: int | None, project: str | None, entity:
 
 
 def agent_env(name: str) -> dict[str, str]:
-    """Environment for agent processes: trials write their run dirs under ``outputs/sweep_<name>/runs``."""
-    return {SWEEP_DIR_ENV: os.environ.get(SWEEP_DIR_ENV) or str(sweep_dir_for(name))}
+    """Environment for agent processes: trials write their run dirs under ``outputs/sweep_<name>/runs``,
+    and the agent's ``${interpreter}`` (the bare word ``python``, looked up on PATH) is this interpreter."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {SWEEP_DIR_ENV: os.environ.get(SWEEP_DIR_ENV) or str(sweep_dir_for(name)), "PATH": path}
 
 
 def run_agent(sweep_id: str, name: str, count: int | None = None, project: str | None = None,
