@@ -196,3 +196,18 @@ def test_cli_prints_paths(sweep_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(sweep_dir / "report.png"), str(sweep_dir / "report.md")]
     assert len(table((sweep_dir / "report.md").read_text(encoding="utf-8"))[1]) == 3
+
+
+def test_failed_trials_stay_in_view(tmp_path: Path) -> None:
+    # The failed trial has the widest learning rate; its cross must be inside the (log) x range.
+    from dsum.sweep.report import plot_report
+
+    write_run(tmp_path, "a", "completed", 0.30, "2024-05-01T10:00:00+0000", {"learning_rate": 1e-6})
+    write_run(tmp_path, "b", "completed", 0.40, "2024-05-01T10:01:00+0000", {"learning_rate": 2e-6})
+    write_run(tmp_path, "c", "failed", None, "2024-05-01T10:02:00+0000", {"learning_rate": 1e-3})
+    figure = plot_report(group_trials(tmp_path)["abc123"], "val/rouge_mean", "maximize", "abc123")
+    panel = figure.axes[1]
+    assert panel.get_xscale() == "log" and panel.get_title() == "learning_rate (log)"
+    low, high = panel.get_xlim()
+    assert low < 1e-6 and high > 1e-3
+    assert panel.get_ylim()[0] < 0.30 - 0.005  # room below the lowest metric for the crosses

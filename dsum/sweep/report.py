@@ -299,9 +299,15 @@ def _scatter(ax: Axes, xs: list[float], trials: list[dict[str, Any]], best: dict
         ax.scatter(*groups["partial"], s=40, facecolors="none", edgecolors="tab:orange", linewidths=1.5,
                    zorder=3, label="pruned/interrupted (partial metric)")
     if groups["missing"][0]:
-        # x in data, y in axes fraction: along the bottom whatever the metric's range.
+        # x in data, y in axes fraction: along the bottom whatever the metric's range. Autoscaling
+        # ignores points off transData, so their x values are added to the data limits by hand.
         ax.scatter(*groups["missing"], s=44, marker="x", color="grey", zorder=3,
-                   transform=ax.get_xaxis_transform(), label="no metric (failed)", clip_on=False)
+                   transform=ax.get_xaxis_transform(), label="no metric (e.g. failed)", clip_on=False)
+        ax.update_datalim([(x, 0.0) for x in groups["missing"][0]], updatey=False)
+        ax.autoscale_view()
+        if groups["completed"][0] or groups["partial"][0]:
+            low, high = ax.get_ylim()
+            ax.set_ylim(low - 0.08 * (high - low), high)  # a strip below the lowest metric for the crosses
     if best is not None:
         for x, trial in zip(xs, trials):
             if trial is best:
