@@ -161,11 +161,12 @@ class RunOutputs(L.Callback):
         history = [*self.record.get("metrics_history", []), entry]
         monitor = self.record["monitor"]
         scores = [h[monitor] for h in history if monitor in h]
+        pick = min if getattr(trainer.checkpoint_callback, "mode", "max") == "min" else max
         self.record.update(
             final_metrics=metrics,
             metrics_history=history,
             global_step=trainer.global_step,
-            best_metric=max(scores) if scores else None,
+            best_metric=pick(scores) if scores else None,
         )
         self._save(trainer)
 

@@ -184,24 +184,29 @@ def local(sweep_file: str, count: int | None = None, workers: int = 1, storage: 
                      max_consecutive_failures=max_consecutive_failures)
 
 
-def report(sweep_dir: str, top: int = 10) -> list[str]:
+def report(sweep_dir: str, top: int = 10, sweep_id: str | None = None) -> list[str]:
     """Write a PNG (metric against each swept parameter, best-so-far over trials) and a Markdown table
     of the top runs for a finished sweep directory. Works offline.
 
     Args:
         sweep_dir: A sweep's output directory, e.g. ``outputs/sweep_quick``.
         top: Rows in the Markdown table.
+        sweep_id: Report only this sweep (default: one report per sweep id found in the directory).
     """
     from dsum.sweep.report import write_report
 
-    paths = [str(p) for p in write_report(sweep_dir, top=top)]
+    paths = [str(p) for p in write_report(sweep_dir, top=top, sweep_id=sweep_id)]
     for path in paths:
         print(path)
     return paths
 
 
 def main() -> None:
-    CLI([create, agent, parallel, serial, summarize, local, report], as_positional=True)
+    try:
+        CLI([create, agent, parallel, serial, summarize, local, report], as_positional=True)
+    except (FileNotFoundError, ValueError) as error:
+        # Bad input (a sweep YAML, a parameter, a directory): the message says what and where.
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
