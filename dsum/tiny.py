@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,24 +36,10 @@ import pandas as pd
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from dsum.data.text import DEFAULT_MASKS, MASK_PATTERN
+
 FAMILIES: tuple[str, ...] = ("bart", "t5", "gpt2")
 """Model families :func:`build_tiny_model` can build."""
-
-MASK_PATTERN = re.compile(r"#[A-Za-z0-9]+#")
-"""A masked span such as ``#Person1#`` or ``#PhoneNumber#``."""
-
-DEFAULT_MASKS: tuple[str, ...] = (
-    *(f"#Person{i}#" for i in range(1, 8)),
-    "#PhoneNumber#",
-    "#Address#",
-    "#DateOfBirth#",
-    "#PassportNumber#",
-    "#SSN#",
-    "#CardNumber#",
-    "#CarNumber#",
-    "#Email#",
-)
-"""Masks reported for the competition's train split, added even when a small CSV lacks them."""
 
 TEXT_COLUMNS: tuple[str, ...] = ("dialogue", "summary")
 """CSV columns the tokenizer is trained on (whichever of them a file has)."""

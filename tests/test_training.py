@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dsum.cli import DsumCLI
