@@ -19,6 +19,7 @@ from dsum.data import DialogueDataModule
 from dsum.files import atomic_write_text, read_json
 from dsum.models import SummarizerBase
 from dsum.secrets import redact
+from dsum.sweep.pruning import pruning_callbacks
 from dsum.tracking import default_wandb_logger, ensure_wandb_mode
 
 CONFIG_NAME = "config.yaml"
@@ -107,6 +108,7 @@ class DsumCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
         if config.get("logger") in (None, True):  # Lightning's own default would be TensorBoard/CSV
             config["logger"] = default_wandb_logger(config["default_root_dir"], self.run_id, self.resuming)
+        callbacks = [*callbacks, *pruning_callbacks()]  # reports to a local sweep's study, when in one
         trainer = super()._instantiate_trainer(config, callbacks)
         for callback in trainer.callbacks:
             if isinstance(callback, RunOutputs):

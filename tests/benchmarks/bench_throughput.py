@@ -1,0 +1,756 @@
+"""Training throughput: dsum against the Hugging Face Trainer and the original baseline's padding.
+
+One command (see ``tests/benchmarks/README.md``)::
+
+    nice -n 10 python tests/benchmarks/bench_throughput.py [--model DIR] [--csv PATH] [--batch-size 16]
+        [--epochs 1] [--out results.json]
+
+It trains the same model for the same epochs at the same batch size, each variant in its own
+subprocess (peak RSS per variant, memory freed between them), with the same seed, tokenizer and
+truncation:
+
+- ``a/length_grouped`` and ``a/token_budget``: dsum's ``DialogueDataModule`` + ``Seq2SeqSummarizer`` +
+  a Lightning ``Trainer``. The token budget is the smallest ``max_tokens`` that gives as many batches as
+  ``batch_size`` does, so both do the same number of steps with the same average examples per step.
+  The faster of the two is "a".
+- ``b/hf_dynamic``: ``Seq2SeqTrainer`` + ``DataCollatorForSeq2Seq`` as in HF's ``run_summarization.py``
+  (random order, per-batch padding, label pads -100).
+- ``c/hf_full_pad``: the original baseline: the whole set padded to its longest example
+  (``padding="max_length"``), the Trainer's default collator.
+
+Then it measures the per-trial overhead of ``python main.py fit`` (process start to first training
+batch, from ``startup_seconds`` in ``run.json``), cold (empty tokenization cache) and warm. On a CUDA
+machine it also runs a KoBART-sized BART (d_model 768, 6+6 layers, vocab 30,000, bf16-mixed) through
+"a" and "b". The last line printed is ``ratios: a/b=...x a/c=...x``.
+
+This file is not collected by pytest (its name does not match ``test_*.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_CSV = REPO / "data" / "sample" / "train.csv"
+ENCODER_MAX_LEN = 512
+DECODER_MAX_LEN = 100
+SEED = 42
+# The original baseline's optimisation settings, shared by every variant.
+LEARNING_RATE = 1e-5
+WEIGHT_DECAY = 0.01
+WARMUP_RATIO = 0.1
+TINY = {"d_model": 256, "layers": 3}
+KOBART_SIZED = {"d_model": 768, "layers": 6, "heads": 12, "ffn": 3072, "vocab_size": 30000}
+VARIANTS = ("a/length_grouped", "a/token_budget", "b/hf_dynamic", "c/hf_full_pad")
+CHILD_ENV = {
+    "WANDB_MODE": "disabled",
+    "WANDB_SILENT": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+# ============================================================================ measurement (children)
+class BatchRecorder:
+    """Wraps a collator and records, per batch: examples, encoder positions, real encoder tokens.
+
+    Both trainers load batches in the main process (``num_workers=0``), in step order, so the i-th
+    record is the i-th optimiser step (accumulation is 1).
+    """
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+        self.records: list[tuple[int, int, int, int, int]] = []
+
+    def __call__(self, examples: list[Any]) -> dict[str, Any]:
+        batch = self.collate(examples)
+        mask = batch["attention_mask"]
+        labels = batch["labels"]
+        self.records.append((
+            int(mask.shape[0]), int(mask.numel()), int(mask.sum()),
+            int(labels.numel()), int((labels != -100).sum()),
+        ))
+        return batch
+
+
+class StepClock:
+    """Wall-clock time at training start and after every optimiser step (CUDA-synchronised on GPU)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.start: float | None = None
+        self.step_ends: list[float] = []
+        self.cpu_start = self.cpu_end = 0.0
+
+    def _now(self) -> float:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    @staticmethod
+    def _cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def train_start(self) -> None:
+        self.start = self._now()
+        self.cpu_start = self._cpu()
+
+    def step_end(self) -> None:
+        self.step_ends.append(self._now())
+        self.cpu_end = self._cpu()
+
+
+def summarize_run(clock: StepClock, recorder: BatchRecorder, warmup: int, fit_seconds: float) -> dict[str, Any]:
+    """Throughput with and without the first ``warmup`` steps, padding fractions, step counts."""
+    steps = len(clock.step_ends)
+    records = recorder.records[:steps]  # a trainer may have collated one batch ahead
+    samples = [r[0] for r in records]
+    skip = warmup if steps > warmup else 0
+    timed = clock.step_ends[-1] - (clock.step_ends[skip - 1] if skip else clock.start)
+    enc_total = sum(r[1] for r in records)
+    dec_total = sum(r[3] for r in records)
+    import torch
+
+    ends = [clock.start, *clock.step_ends]
+    return {
+        "steps": steps,
+        "samples": sum(samples),
+        "warmup_steps_excluded": skip,
+        "samples_per_s": sum(samples[skip:]) / timed,
+        "samples_per_s_incl_warmup": sum(samples) / (clock.step_ends[-1] - clock.start),
+        "seconds_per_step": timed / (steps - skip),
+        "train_seconds": clock.step_ends[-1] - clock.start,
+        "fit_seconds": fit_seconds,
+        "encoder_padding_fraction": 1 - sum(r[2] for r in records) / enc_total,
+        "decoder_padding_fraction": 1 - sum(r[4] for r in records) / dec_total,
+        "encoder_positions": enc_total,
+        "mean_examples_per_step": sum(samples) / steps,
+        # CPU seconds / (wall seconds x threads): well below 1 on a CPU run means other processes took
+        # cores during the measurement (with several threads, one starved thread stalls them all).
+        "cpu_utilisation": (clock.cpu_end - clock.cpu_start) / (clock.step_ends[-1] - clock.start)
+        / torch.get_num_threads(),
+        "step_seconds": [round(b - a, 4) for a, b in zip(ends, ends[1:])],
+        "step_examples": samples,
+        "step_encoder_positions": [r[1] for r in records],
+    }
+
+
+def peak_memory() -> dict[str, float]:
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    import torch
+
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _seed_all() -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+
+
+def _datamodule(opts: argparse.Namespace, batching: str = "length_grouped", max_tokens: int | None = None):
+    from dsum.data import DialogueDataModule
+
+    # val_file is required by `fit`; limit_val_batches=0 means it is never iterated.
+    return DialogueDataModule(
+        tokenizer_name=opts.model, train_file=opts.csv, val_file=opts.csv, batch_size=opts.batch_size,
+        batching=batching, max_tokens=max_tokens, encoder_max_len=ENCODER_MAX_LEN,
+        decoder_max_len=DECODER_MAX_LEN, cache_dir=opts.cache_dir, seed=SEED,
+    )
+
+
+def _profiled(opts: argparse.Namespace, fn: Any) -> Any:
+    """Run ``fn()``; with ``--profile DIR`` under cProfile, saving stats and printing the top entries."""
+    if not opts.profile:
+        return fn()
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    result = profiler.runcall(fn)
+    path = Path(opts.profile) / f"{opts.variant.replace('/', '_')}{opts.tag}.prof"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(path)
+    print(f"profile: {path}", file=sys.stderr)
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    return result
+
+
+# ------------------------------------------------------------------ prototypes of dsum speed fixes
+# `--proto NAME[+NAME...]` adds rows "a/<batching>+NAME..." that run dsum with these changes patched in,
+# to measure a proposed product change before it is made. They are not part of the ratios line.
+PROTOTYPES = {
+    "fused_adamw": "torch.optim.AdamW(..., fused=True): one fused kernel instead of a per-tensor loop",
+    "lm_head_gather": "LM head and loss only at decoder positions with a label (BART), not at padding",
+    "enc_sort": "length grouping sorted by encoder length first (ties by decoder length), not by the sum",
+}
+
+
+def apply_prototypes(names: list[str]) -> None:
+    """Patch the named prototypes into this process (children, and the parent's token-budget search)."""
+    import numpy as np
+    import torch
+
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in PROTOTYPES]
+    if unknown:
+        raise SystemExit(f"--proto: unknown {unknown}; choose from {', '.join(PROTOTYPES)}")
+    if "fused_adamw" in names:
+        base_adamw = torch.optim.AdamW
+
+        class FusedAdamW(base_adamw):
+            def __init__(self, params: Any, **kwargs: Any) -> None:
+                super().__init__(params, fused=True, **kwargs)
+
+        torch.optim.AdamW = FusedAdamW  # dsum.models.base looks it up at configure_optimizers time
+    if "enc_sort" in names:
+        from dsum.data.batching import DialogueBatchSampler
+
+        def encoder_first(self: Any, indices: Any) -> Any:
+            keys = self.source_lengths[indices] * 1_000_000 + self.target_lengths[indices]
+            return indices[np.argsort(-keys, kind="stable")]
+
+        DialogueBatchSampler._length_order = encoder_first
+
+
+def summarizer_class(names: list[str]) -> Any:
+    from dsum.models import Seq2SeqSummarizer
+
+    if "lm_head_gather" not in names:
+        return Seq2SeqSummarizer
+
+    class GatheredHeadSummarizer(Seq2SeqSummarizer):
+        def logits_and_labels(self, batch: dict[str, Any]) -> tuple[Any, Any]:
+            if self.model.config.model_type != "bart":
+                raise SystemExit("lm_head_gather is prototyped for BART only")
+            labels = batch["labels"]
+            out = self.model.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=labels),
+                use_cache=False,
+            )
+            keep = labels != -100
+            hidden = out.last_hidden_state[keep]  # (labelled positions, d_model)
+            logits = self.model.lm_head(hidden) + self.model.final_logits_bias.to(hidden.dtype)
+            return logits, labels[keep]
+
+    return GatheredHeadSummarizer
+
+
+def split_variant(variant: str) -> tuple[str, str, list[str]]:
+    """``a/token_budget+fused_adamw`` -> (``a``, ``token_budget``, [``fused_adamw``])."""
+    family, rest = variant.split("/", 1)
+    name, *protos = rest.split("+")
+    return family, name, protos
+
+
+def run_dsum(opts: argparse.Namespace) -> dict[str, Any]:
+    """Variant a: DialogueDataModule + Seq2SeqSummarizer + Lightning Trainer."""
+    import lightning.pytorch as L
+    import torch
+
+    from dsum.models.base import GenerationSettings
+
+    cuda = torch.cuda.is_available() and not opts.cpu
+    _, batching, protos = split_variant(opts.variant)
+    apply_prototypes(protos)
+    dm = _datamodule(opts, batching, opts.max_tokens if batching == "token_budget" else None)
+    loader_factory = dm.train_dataloader
+    recorder_box: list[BatchRecorder] = []
+
+    def recorded_train_dataloader():
+        loader = loader_factory()
+        recorder_box.append(BatchRecorder(loader.collate_fn))
+        loader.collate_fn = recorder_box[-1]
+        return loader
+
+    dm.train_dataloader = recorded_train_dataloader  # type: ignore[method-assign]
+    clock = StepClock(cuda)
+
+    class Clock(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            clock.train_start()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.step_end()
+
+    L.seed_everything(SEED, verbose=False)
+    model = summarizer_class(protos)(
+        pretrained=opts.model, tokenizer=dm.tokenizer, learning_rate=LEARNING_RATE,
+        weight_decay=WEIGHT_DECAY, lr_scheduler="cosine", warmup_ratio=WARMUP_RATIO,
+        generation=GenerationSettings(num_beams=1, no_repeat_ngram_size=0),
+    )
+    trainer = L.Trainer(
+        accelerator="gpu" if cuda else "cpu", devices=1,
+        precision="bf16-mixed" if cuda else "32-true",
+        max_epochs=opts.epochs, max_steps=opts.max_steps or -1,
+        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False,  # as dsum's CLI: the batch sampler shards itself
+        log_every_n_steps=10, callbacks=[Clock()],
+    )
+    started = time.perf_counter()
+    _profiled(opts, lambda: trainer.fit(model, datamodule=dm))
+    fit_seconds = time.perf_counter() - started
+    return {
+        **summarize_run(clock, recorder_box[-1], opts.warmup_steps, fit_seconds),
+        "batching": batching,
+        "prototypes": protos,
+        "max_tokens": opts.max_tokens if batching == "token_budget" else None,
+        "precision": trainer.precision,
+    }
+
+
+def _hf_texts(opts: argparse.Namespace):
+    """dsum's tokenizer (masks added) and its normalised texts, plus dsum's own token ids to compare."""
+    dm = _datamodule(opts)
+    dm.setup(None)
+    data = dm.splits["train"]
+    return dm.tokenizer, data.dialogues, [refs[0] for refs in data.references], data.features
+
+
+def _hf_model(opts: argparse.Namespace, tokenizer: Any):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(opts.model)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))  # as Seq2SeqSummarizer does
+    return model.train()
+
+
+def _hf_arguments(opts: argparse.Namespace, output_dir: str, cuda: bool, optim: str | None):
+    from transformers import Seq2SeqTrainingArguments
+
+    # b: HF's default AdamW kernel (fused for torch >= 2.8), as run_summarization.py gets it;
+    # c: the original baseline's explicit `optim: adamw_torch`. Same AdamW, same hyperparameters.
+    chosen = {"optim": optim} if optim else {}
+    return Seq2SeqTrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=opts.batch_size, num_train_epochs=opts.epochs,
+        max_steps=opts.max_steps or -1, learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
+        lr_scheduler_type="cosine", warmup_steps=WARMUP_RATIO, **chosen,
+        max_grad_norm=0.0,  # dsum's Lightning Trainer does not clip by default: same work
+        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
+        seed=SEED, data_seed=SEED, bf16=cuda, use_cpu=not cuda, dataloader_pin_memory=cuda,
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
+def run_hf(opts: argparse.Namespace) -> dict[str, Any]:
+    """Variants b (run_summarization style) and c (the original baseline's whole-set padding)."""
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback, default_data_collator
+
+    cuda = torch.cuda.is_available() and not opts.cpu
+    tokenizer, dialogues, summaries, dsum_features = _hf_texts(opts)
+    enc = tokenizer(dialogues, max_length=ENCODER_MAX_LEN, truncation=True)
+    dec = tokenizer(text_target=summaries, max_length=DECODER_MAX_LEN, truncation=True)
+    # Same tokenization as dsum: the ids must match dsum's cached features exactly.
+    same = enc["input_ids"] == dsum_features["input_ids"] and dec["input_ids"] == dsum_features["labels"]
+    if not same:
+        print("WARNING: HF tokenization differs from dsum's features", file=sys.stderr)
+
+    full_pad = opts.variant.startswith("c/")
+    if full_pad:
+        enc_len = max(len(ids) for ids in enc["input_ids"])  # <= ENCODER_MAX_LEN by truncation
+        dec_len = max(len(ids) for ids in dec["input_ids"])
+        enc = tokenizer(dialogues, padding="max_length", max_length=enc_len, truncation=True)
+        dec = tokenizer(text_target=summaries, padding="max_length", max_length=dec_len, truncation=True)
+        pad = tokenizer.pad_token_id
+        # The baseline trained on pad labels; -100 keeps the objective equal and costs the same.
+        labels = [[t if t != pad else -100 for t in ids] for ids in dec["input_ids"]]
+        padded_to = {"encoder": enc_len, "decoder": dec_len}
+    else:
+        labels = dec["input_ids"]
+        padded_to = None
+    dataset = Dataset.from_dict(
+        {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+    )
+    _seed_all()
+    model = _hf_model(opts, tokenizer)
+    collate = (
+        default_data_collator if full_pad
+        else DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    )
+    recorder = BatchRecorder(collate)
+    clock = StepClock(cuda)
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock.train_start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end()
+
+    with tempfile.TemporaryDirectory(prefix="bench_hf_") as output_dir:
+        trainer = Seq2SeqTrainer(
+            model=model, args=_hf_arguments(opts, output_dir, cuda, "adamw_torch" if full_pad else None),
+            train_dataset=dataset,
+            data_collator=recorder, processing_class=tokenizer, callbacks=[Clock()],
+        )
+        started = time.perf_counter()
+        _profiled(opts, trainer.train)
+        fit_seconds = time.perf_counter() - started
+    return {
+        **summarize_run(clock, recorder, opts.warmup_steps, fit_seconds),
+        "tokenization_matches_dsum": same,
+        "optim": str(trainer.args.optim.value if hasattr(trainer.args.optim, "value") else trainer.args.optim),
+        "padded_to": padded_to,
+        "precision": "bf16-mixed" if cuda else "32-true",
+    }
+
+
+def child_main(opts: argparse.Namespace) -> None:
+    import torch
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    result = run_dsum(opts) if opts.variant.startswith("a/") else run_hf(opts)
+    result.update(peak_memory(), variant=opts.variant, torch_threads=torch.get_num_threads())
+    Path(opts.result_file).write_text(json.dumps(result, indent=2))
+
+
+# ============================================================================= orchestration (parent)
+def build_model(csv: str, out: Path, sizes: dict[str, int]) -> str:
+    """A seeded random BART with a tokenizer trained on ``csv``; the vocabulary padded to ``vocab_size``."""
+    from transformers import AutoModelForSeq2SeqLM
+    from transformers.utils import logging as hf_logging
+
+    from dsum.tiny import build_tiny_model
+
+    hf_logging.disable_progress_bar()
+    path = build_tiny_model("bart", out, [csv], **sizes)
+    vocab = sizes.get("vocab_size")
+    if vocab:
+        # A small corpus yields fewer BPE pieces than asked; KoBART's LM head is 30k wide regardless.
+        model = AutoModelForSeq2SeqLM.from_pretrained(path)
+        if model.get_input_embeddings().num_embeddings < vocab:
+            model.resize_token_embeddings(vocab)
+            model.save_pretrained(path)
+    return str(path)
+
+
+def token_budget_for(opts: argparse.Namespace, protos: list[str] = []) -> dict[str, Any]:
+    """The smallest ``max_tokens`` whose token-budget batches are no more than ``ceil(N / batch_size)``.
+
+    Equal step counts mean equal average examples per step, so both dsum batchings do the same work.
+    """
+    import torch
+
+    from dsum.data.batching import DialogueBatchSampler
+
+    saved = DialogueBatchSampler._length_order, torch.optim.AdamW
+    apply_prototypes(protos)  # batch order may depend on them; undone below
+    try:
+        return _token_budget_search(opts, DialogueBatchSampler)
+    finally:
+        DialogueBatchSampler._length_order, torch.optim.AdamW = saved
+
+
+def _token_budget_search(opts: argparse.Namespace, DialogueBatchSampler: Any) -> dict[str, Any]:
+
+    dm = _datamodule(opts)
+    dm.setup(None)  # also fills the tokenization cache the "a" children reuse
+    features = dm.splits["train"].features
+    src, tgt = features["source_length"], features["target_length"]
+    target = math.ceil(len(src) / opts.batch_size)
+
+    def batches(max_tokens: int) -> int:
+        return len(DialogueBatchSampler(src, tgt, mode="token_budget", max_tokens=max_tokens, seed=SEED))
+
+    low, high = ENCODER_MAX_LEN + DECODER_MAX_LEN, ENCODER_MAX_LEN + DECODER_MAX_LEN
+    while batches(high) > target:
+        high *= 2
+    while low < high:
+        middle = (low + high) // 2
+        if batches(middle) <= target:
+            high = middle
+        else:
+            low = middle + 1
+    count = batches(high)
+    return {"max_tokens": high, "batches": count, "length_grouped_batches": target,
+            "mean_examples_per_batch": len(src) / count}
+
+
+def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extra: list[str]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_file = handle.name
+    cmd = [
+        sys.executable, __file__, "--variant", variant, "--model", model, "--csv", opts.csv,
+        "--batch-size", str(opts.batch_size), "--epochs", str(opts.epochs), "--warmup-steps",
+        str(opts.warmup_steps), "--max-steps", str(opts.max_steps), "--cache-dir", opts.cache_dir,
+        "--result-file", result_file, "--threads", str(opts.threads), "--tag", tag, *extra,
+    ]
+    if opts.profile:
+        cmd += ["--profile", opts.profile]
+    print(f"-- {variant}{tag} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, capture_output=not opts.verbose, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or "")[-4000:] if not opts.verbose else ""
+        raise SystemExit(f"variant {variant}{tag} failed (exit {done.returncode}):\n{tail}")
+    if opts.profile and not opts.verbose:
+        Path(opts.profile, f"{variant.replace('/', '_')}{tag}.txt").write_text(done.stderr)
+    result = json.loads(Path(result_file).read_text())
+    os.unlink(result_file)
+    result["process_seconds"] = time.perf_counter() - started
+    print(f"   {result['samples_per_s']:.2f} samples/s, {result['steps']} steps, "
+          f"{result['process_seconds']:.0f}s", file=sys.stderr, flush=True)
+    return result
+
+
+def startup_overhead(opts: argparse.Namespace, model: str, cuda: bool) -> dict[str, Any]:
+    """`python main.py fit` process start -> first training batch, with a cold then a warm cache."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_startup_") as tmp:
+        cache = Path(tmp) / "cache"
+        for label in ("cold", "warm"):
+            run_dir = Path(tmp) / label
+            cmd = [
+                sys.executable, str(REPO / "main.py"), "fit", "--config", str(REPO / "configs/quickstart.yaml"),
+                f"--model.init_args.pretrained={model}", f"--data.train_file={opts.csv}",
+                f"--data.val_file={opts.csv}", "--data.test_file=null", "--data.predict_file=null",
+                f"--data.cache_dir={cache}", f"--data.batch_size={opts.batch_size}",
+                f"--data.encoder_max_len={ENCODER_MAX_LEN}", f"--data.decoder_max_len={DECODER_MAX_LEN}",
+                f"--trainer.default_root_dir={run_dir}", "--trainer.logger=false",
+                f"--trainer.accelerator={'gpu' if cuda else 'cpu'}", "--trainer.max_steps=1",
+                "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+                "--outputs.export_best=false",
+            ]
+            print(f"-- startup ({label}) ...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            done = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            if done.returncode != 0:
+                raise SystemExit(f"main.py fit ({label}) failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+            record = json.loads((run_dir / "run.json").read_text())
+            seconds = record["history"][-1].get("startup_seconds")
+            if seconds is None:
+                raise SystemExit(f"{run_dir / 'run.json'} has no startup_seconds; is psutil installed?")
+            out[label] = {"startup_seconds": seconds, "process_wall_seconds": wall}
+            print(f"   {seconds:.1f}s to first batch ({wall:.1f}s whole process)", file=sys.stderr, flush=True)
+    return out
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import lightning
+
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu, "cpu_count": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "lightning": lightning.__version__,
+    }
+
+
+def print_table(title: str, results: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{title}")
+    width = max(18, *(len(n) for n in results))
+    header = f"{'variant':<{width}} {'samples/s':>9} {'(incl warm-up)':>14} {'enc pad':>8} {'dec pad':>8} " \
+             f"{'peak RSS MB':>11} {'steps':>5} {'ex/step':>7} {'cpu%':>5}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        gpu = f" (GPU {r['peak_gpu_mb']:.0f} MB)" if "peak_gpu_mb" in r else ""
+        print(f"{name:<{width}} {r['samples_per_s']:>9.2f} {r['samples_per_s_incl_warmup']:>14.2f} "
+              f"{r['encoder_padding_fraction']:>8.1%} {r['decoder_padding_fraction']:>8.1%} "
+              f"{r['peak_rss_mb']:>11.0f} {r['steps']:>5} {r['mean_examples_per_step']:>7.1f} "
+              f"{r['cpu_utilisation']:>5.0%}{gpu}")
+    starved = [n for n, r in results.items() if "peak_gpu_mb" not in r and r["cpu_utilisation"] < 0.8]
+    if starved:
+        print(f"WARNING: {', '.join(starved)} got under 80% of its CPU threads' time: other processes were "
+              "running; rerun on a quiet machine or with --repeats 3")
+
+
+def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of a variant's repeats (noise on a shared machine only ever slows a run down)."""
+    best = dict(max(trials, key=lambda r: r["samples_per_s"]))
+    best["trials_samples_per_s"] = [r["samples_per_s"] for r in trials]
+    return best
+
+
+def best_dsum(results: dict[str, dict[str, Any]], prototypes: bool = False) -> str:
+    """The fastest dsum row: product code only, or (``prototypes``) any row."""
+    rows = [n for n in results if n.startswith("a/") and (prototypes or "+" not in n)]
+    return max(rows, key=lambda n: results[n]["samples_per_s"])
+
+
+def parent_main(opts: argparse.Namespace) -> None:
+    import torch
+
+    cuda = torch.cuda.is_available() and not opts.cpu
+    report: dict[str, Any] = {
+        "environment": environment(),
+        "settings": {"csv": opts.csv, "prototypes": opts.proto, "batch_size": opts.batch_size, "epochs": opts.epochs,
+                     "warmup_steps_excluded": opts.warmup_steps, "encoder_max_len": ENCODER_MAX_LEN,
+                     "decoder_max_len": DECODER_MAX_LEN, "learning_rate": LEARNING_RATE, "seed": SEED,
+                     "max_steps": opts.max_steps or None},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
+        opts.cache_dir = str(Path(tmp) / "cache")
+        if opts.model is None:
+            print("-- building tiny BART (d_model 256, 3+3 layers) ...", file=sys.stderr, flush=True)
+            opts.model = build_model(opts.csv, Path(tmp) / "tiny_bart", TINY)
+            report["settings"]["model"] = "tiny BART " + json.dumps(TINY)
+        else:
+            report["settings"]["model"] = opts.model
+        variants = list(opts.variants)
+        for proto in opts.proto:
+            variants += [f"{v}+{proto}" for v in opts.variants if v.startswith("a/")]
+        budgets = {proto: token_budget_for(opts, proto.split("+")) for proto in ["", *opts.proto]}
+        budget = budgets[""]
+        report["token_budget"] = budget
+        trials: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for repeat in range(opts.repeats):
+            for variant in variants:  # interleaved, so a slow spell on the machine hits all variants
+                _, name, protos = split_variant(variant)
+                extra = (["--max-tokens", str(budgets["+".join(protos)]["max_tokens"])]
+                         if name == "token_budget" else [])
+                trials[variant].append(run_child(opts, variant, opts.model, "", extra))
+        results = {v: best_trial(ts) for v, ts in trials.items()}
+        report["variants"] = results
+
+        if not opts.skip_startup:
+            report["startup"] = startup_overhead(opts, opts.model, cuda)
+
+        if opts.large == "on" or (opts.large == "auto" and cuda):
+            print("-- building KoBART-sized BART (768, 6+6, vocab 30k) ...", file=sys.stderr, flush=True)
+            large = build_model(opts.csv, Path(tmp) / "kobart_sized", KOBART_SIZED)
+            large_opts = argparse.Namespace(**{**vars(opts), "cache_dir": str(Path(tmp) / "cache_large")})
+            large_budget = token_budget_for(large_opts)  # also warms its tokenization cache
+            dsum_row = best_dsum(results)  # the tiny model's faster dsum batching
+            extra = ["--max-tokens", str(large_budget["max_tokens"])] if dsum_row == "a/token_budget" else []
+            large_trials: dict[str, list[dict[str, Any]]] = {dsum_row: [], "b/hf_dynamic": []}
+            for repeat in range(opts.repeats):
+                for variant, runs in large_trials.items():
+                    runs.append(run_child(large_opts, variant, large, "-kobart", extra if variant == dsum_row else []))
+            report["large"] = {v: best_trial(ts) for v, ts in large_trials.items()}
+
+    print_table(f"Training throughput: {Path(opts.csv).name}, batch {opts.batch_size}, {opts.epochs} epoch(s), "
+                f"{'GPU ' + str(report['environment']['gpu']) if cuda else 'CPU'}, model {report['settings']['model']}; "
+                f"samples/s excludes the first {opts.warmup_steps} steps", results)
+    print(f"token_budget: max_tokens={budget['max_tokens']} -> {budget['batches']} batches "
+          f"({budget['mean_examples_per_batch']:.1f} examples/batch; length_grouped: "
+          f"{budget['length_grouped_batches']})")
+    best = best_dsum(results)
+    if len([n for n in results if n.startswith("a/")]) > 1:
+        print(f"best dsum batching: {best}")
+    if "startup" in report:
+        s = report["startup"]
+        print(f"per-trial overhead (main.py fit, process start -> first training batch): "
+              f"cold {s['cold']['startup_seconds']:.1f}s, warm {s['warm']['startup_seconds']:.1f}s")
+    if "large" in report:
+        print_table("KoBART-sized BART (d_model 768, 6+6 layers, vocab 30k), "
+                    + ("bf16-mixed" if cuda else "fp32 on CPU"), report["large"])
+        large_rows = report["large"]
+        a_row = next(n for n in large_rows if n.startswith("a/"))
+        report["large_ratio_a_b"] = large_rows[a_row]["samples_per_s"] / large_rows["b/hf_dynamic"]["samples_per_s"]
+        print(f"KoBART-sized: a/b={report['large_ratio_a_b']:.2f}x")
+    def ratios_for(row: str) -> dict[str, float]:
+        return {key: results[row]["samples_per_s"] / results[name]["samples_per_s"]
+                for key, name in (("a/b", "b/hf_dynamic"), ("a/c", "c/hf_full_pad")) if name in results}
+
+    ratios = ratios_for(best)
+    report["best_dsum"] = best
+    report["ratios"] = ratios
+    if opts.proto:
+        for proto in opts.proto:
+            print(f"prototype {proto}: " + "; ".join(PROTOTYPES[p] for p in proto.split("+")))
+        best_proto = best_dsum(results, prototypes=True)
+        report["best_with_prototypes"] = best_proto
+        report["ratios_with_prototypes"] = ratios_for(best_proto)
+        print(f"with prototypes ({best_proto}): "
+              + " ".join(f"{k}={v:.2f}x" for k, v in report["ratios_with_prototypes"].items()))
+    report["environment"]["loadavg_at_end"] = os.getloadavg()
+    if opts.out:
+        Path(opts.out).write_text(json.dumps(report, indent=2))
+        print(f"results: {opts.out}")
+    print("ratios: " + " ".join(f"{k}={v:.2f}x" for k, v in ratios.items()))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="HF BART directory (default: a tiny BART built from --csv)")
+    parser.add_argument("--csv", default=str(DEFAULT_CSV), help="labelled CSV to train on (fname,dialogue,summary)")
+    parser.add_argument("--batch-size", type=int, default=16, help="training examples per step (all variants)")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs")
+    parser.add_argument("--out", help="write all figures as JSON here")
+    parser.add_argument("--warmup-steps", type=int, default=3,
+                        help="first steps left out of samples/s (the incl. column keeps them)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every variant this many times, interleaved, and keep each one's fastest")
+    parser.add_argument("--max-steps", type=int, default=0, help="stop every variant after this many steps (smoke runs)")
+    parser.add_argument("--large", choices=("auto", "on", "off"), default="auto",
+                        help="KoBART-sized run: auto = only when CUDA is available")
+    parser.add_argument("--skip-startup", action="store_true", help="skip the main.py per-trial overhead runs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per variant (0: torch's default)")
+    parser.add_argument("--cpu", action="store_true", help="train on CPU even when CUDA is available")
+    parser.add_argument("--profile", help="cProfile every variant; stats and listings go to this directory")
+    parser.add_argument("--proto", action="append", default=[],
+                        help="also run dsum with prototype fixes patched in, NAME[+NAME...] from: "
+                             + ", ".join(PROTOTYPES) + " (repeatable; not in the ratios line)")
+    parser.add_argument("--verbose", action="store_true", help="show the variants' own output")
+    # Internal: one variant in this process.
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--max-tokens", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="", help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    opts.csv = str(Path(opts.csv).resolve())
+    if opts.model:
+        opts.model = str(Path(opts.model).resolve())
+    if opts.profile:
+        opts.profile = str(Path(opts.profile).resolve())
+    opts.variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
+    unknown = [v for v in opts.variants if v not in VARIANTS]
+    if unknown or not any(v.startswith("a/") for v in opts.variants):
+        parser.error(f"--variants: need at least one a/ variant, from {', '.join(VARIANTS)}; got {unknown or opts.variants}")
+    if min(opts.batch_size, opts.epochs, opts.repeats) <= 0:
+        parser.error("--batch-size, --epochs and --repeats must be positive")
+    return opts
+
+
+if __name__ == "__main__":
+    for key, value in CHILD_ENV.items():
+        os.environ.setdefault(key, value)
+    options = parse_args()
+    child_main(options) if options.variant else parent_main(options)
