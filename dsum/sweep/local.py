@@ -57,7 +57,7 @@ from optuna.trial import TrialState
 from dsum.secrets import redact, redact_text
 from dsum.sweep import pruning
 from dsum.sweep.spec import SweepSpecError, distribution_of, load_sweep, sample_params, validate_sweep
-from dsum.sweep.summary import summarize, sweep_dir_for, trial_record
+from dsum.sweep.summary import record_metric, summarize, sweep_dir_for, trial_record
 from dsum.sweep.wandb_backend import SWEEP_DIR_ENV, sweep_name
 from dsum.sweep.workers import visible_gpus
 
@@ -244,18 +244,6 @@ def agent_command(config: Mapping[str, Any], params: Mapping[str, Any], args_jso
         else:
             command.append(chunk)
     return command, "${args_json_file}" in sweep_command
-
-
-def trial_metric(record: Mapping[str, Any], metric: str, goal: str) -> float | None:
-    """A trial's result from its run record: ``best_metric`` when the record tracks the sweep's metric,
-    else the best logged value of ``metric`` in its history."""
-    if record.get("monitor") == metric and record.get("best_metric") is not None:
-        return float(record["best_metric"])
-    values = [float(h[metric]) for h in record.get("metrics_history") or []
-              if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
-    if not values:
-        return None
-    return max(values) if goal == "maximize" else min(values)
 
 
 # ------------------------------------------------------------------------------------------- stale trials
@@ -531,7 +519,7 @@ class LocalSweep:
             return Outcome(TrialState.FAIL, label, None, seconds, code, f"exit code {code}, run record {status!r}"
                            + (f": {record['history'][-1].get('error')}" if record.get("history") and
                               record["history"][-1].get("error") else ""))
-        value = trial_metric(record, self.metric, self.goal)
+        value = record_metric(record, self.metric, self.goal)
         if status == "pruned":
             return Outcome(TrialState.PRUNED, "pruned", value, seconds, code)
         if status != "completed":

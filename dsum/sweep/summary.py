@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import os
 import statistics
 import time
 from collections import Counter
@@ -19,8 +21,20 @@ TRIAL_RECORDS = (RUN_RECORD, "validate.json")
 
 
 def sweep_dir_for(name: str, root: str | Path = "outputs") -> Path:
-    """Where a sweep's trials and summaries live: ``outputs/sweep_<name>``."""
-    return Path(root) / f"sweep_{name}"
+    """Where a sweep's trials and summaries live: ``$DSUM_SWEEP_DIR`` if set, else ``outputs/sweep_<name>``."""
+    return Path(os.environ.get("DSUM_SWEEP_DIR") or Path(root) / f"sweep_{name}")
+
+
+def record_metric(record: dict[str, Any], metric: str, goal: Goal) -> float | None:
+    """A trial's result from its run record: ``best_metric`` when the run monitored the sweep's metric,
+    else the best finite logged value of ``metric`` in its ``metrics_history``."""
+    if record.get("monitor", metric) == metric and record.get("best_metric") is not None:
+        return float(record["best_metric"])
+    values = [float(h[metric]) for h in record.get("metrics_history") or []
+              if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+    if not values:
+        return None
+    return max(values) if goal == "maximize" else min(values)
 
 
 def trial_record(run_dir: Path) -> dict[str, Any] | None:
@@ -32,7 +46,8 @@ def trial_record(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None) -> list[dict[str, Any]]:
+def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None, metric: str = "val/rouge_mean",
+                   goal: Goal = "maximize") -> list[dict[str, Any]]:
     """One row per trial under ``<sweep_dir>/runs/*``: run id, state, metric, params, paths."""
     rows = []
     for run_dir in sorted(Path(sweep_dir, "runs").glob("*")):
@@ -45,7 +60,7 @@ def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None) -> list[d
             "run_id": record.get("run_id") or run_dir.name,
             "sweep_id": (record.get("wandb") or {}).get("sweep_id"),
             "state": record.get("status", "unknown"),
-            "metric": record.get("best_metric"),
+            "metric": record_metric(record, metric, goal),
             "params": record.get("sweep_params", {}),
             "run_dir": str(run_dir),
             "best_model": record.get("best_model"),
@@ -99,7 +114,7 @@ def summarize(
     """
     sweep_dir = Path(sweep_dir)
     trials = {t["run_id"]: t for t in (wandb_trials(wandb_path, metric) if wandb_path else [])}
-    trials.update({t["run_id"]: t for t in collect_trials(sweep_dir, sweep_id)})
+    trials.update({t["run_id"]: t for t in collect_trials(sweep_dir, sweep_id, metric, goal)})
     rows = sorted(trials.values(), key=lambda t: str(t.get("started_at") or ""))
     values = [t["metric"] for t in rows if t["metric"] is not None and t["state"] == "completed"]
     best = best_trial([t for t in rows if t["state"] == "completed"], goal)
