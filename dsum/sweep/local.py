@@ -59,7 +59,7 @@ from dsum.sweep import pruning
 from dsum.sweep.spec import SweepSpecError, distribution_of, load_sweep, sample_params, validate_sweep
 from dsum.sweep.summary import record_metric, summarize, sweep_dir_for, trial_record
 from dsum.sweep.wandb_backend import SWEEP_DIR_ENV, sweep_name
-from dsum.sweep.workers import visible_gpus
+from dsum.sweep.workers import cpu_threads_env, visible_gpus
 
 STORAGE_FILE = "optuna.journal"
 LOCK_FILE = ".local_sweep.lock"
@@ -464,7 +464,7 @@ class LocalSweep:
         }
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-        return env
+        return {**env, **cpu_threads_env(self.workers)}
 
     def _run_trial(self, claim: Claim, slot: int) -> Outcome:
         from wandb.sdk.lib.config_util import save_config_file_from_dict

@@ -33,6 +33,14 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def cpu_threads_env(workers: int) -> dict[str, str]:
+    """Without GPUs, split the CPU cores between concurrent workers: every process defaulting to all cores
+    oversubscribes the machine and runs several times slower. An explicit ``OMP_NUM_THREADS`` wins."""
+    if workers <= 1 or visible_gpus() or os.environ.get("OMP_NUM_THREADS"):
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+
+
 def run_workers(commands: list[list[str]], log_dir: str | Path, env: dict[str, str] | None = None) -> list[WorkerResult]:
     """Start every command at once, each pinned to its own GPU when GPUs exist, and wait for all.
 
@@ -43,6 +51,7 @@ def run_workers(commands: list[list[str]], log_dir: str | Path, env: dict[str, s
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     gpus = visible_gpus()
+    env = {**cpu_threads_env(len(commands)), **(env or {})}
     running = []
     for i, command in enumerate(commands):
         worker_env = {**os.environ, **(env or {})}
