@@ -22,19 +22,20 @@ claims a trial. Optuna's own heartbeats (``fail_stale_trials``) exist only for d
 sweep keeps its own: each running trial records its worker's host, pid and a heartbeat; a trial is stale
 when its worker's process is gone (same host, checked at once) or its heartbeat is older than
 :data:`STALE_AFTER_SECONDS` (another host).
+
+The study's bookkeeping (its id and storage, what each trial records, stale trials) is in
+:mod:`dsum.sweep.trials`, the search space (grid order, TPE distributions) in :mod:`dsum.sweep.search_space`;
+this module is the engine, and every name it had before the split is still importable from it.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import itertools
 import json
 import math
 import os
 import platform
 import random
-import re
 import secrets
 import shlex
 import signal
@@ -46,72 +47,55 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
 from dsum.secrets import redact, redact_text
 from dsum.sweep import pruning
-from dsum.sweep.spec import SweepSpecError, distribution_of, load_sweep, sample_params, validate_sweep
+from dsum.sweep.search_space import check_bayes_space, grid_combinations, suggest_param
+from dsum.sweep.spec import load_sweep, sample_params, validate_sweep
 from dsum.sweep.summary import record_metric, summarize, sweep_dir_for, trial_record
+from dsum.sweep.trials import (
+    GRID_ATTR,
+    HEARTBEAT_ATTR,
+    HEARTBEAT_SECONDS,
+    HOST_ATTR,
+    PARAMS_ATTR,
+    PID_ATTR,
+    PID_STARTED_ATTR,
+    RUN_ID_ATTR,
+    SKIPPED_ATTR,
+    STATE_ATTR,
+    Claim,
+    Outcome,
+    display_url,
+    is_stale,
+    local_study_id,
+    process_started,
+    storage_url,
+)
 from dsum.sweep.wandb_backend import SWEEP_DIR_ENV, sweep_name
 from dsum.sweep.workers import cpu_threads_env, visible_gpus
 
-STORAGE_FILE = "optuna.journal"
+# Defined here before trials.py and search_space.py were split off; still importable from here.
+from dsum.sweep.search_space import BAYES_FLOATS as BAYES_FLOATS
+from dsum.sweep.search_space import BAYES_OTHERS as BAYES_OTHERS
+from dsum.sweep.trials import SEARCH_KEYS as SEARCH_KEYS
+from dsum.sweep.trials import STALE_AFTER_SECONDS as STALE_AFTER_SECONDS
+from dsum.sweep.trials import STORAGE_FILE as STORAGE_FILE
+
 LOCK_FILE = ".local_sweep.lock"
-HEARTBEAT_SECONDS = 60.0
-STALE_AFTER_SECONDS = 600.0
 INTERRUPT_GRACE_SECONDS = 60.0
-# Trial user attributes.
-PARAMS_ATTR = "wandb_params"
-RUN_ID_ATTR = "run_id"
-HOST_ATTR = "dsum_host"
-PID_ATTR = "dsum_pid"
-PID_STARTED_ATTR = "dsum_pid_started"
-HEARTBEAT_ATTR = "dsum_heartbeat"
-STATE_ATTR = "dsum_state"
-SKIPPED_ATTR = "dsum_skipped"
-# Study user attribute: the grid was queued (so a resume never queues it twice).
-GRID_ATTR = "dsum_grid_queued"
-# The parts of a sweep YAML that define its search; the study id changes with them.
-SEARCH_KEYS = ("program", "command", "method", "metric", "parameters", "early_terminate")
-# Distributions TPE draws exactly: (value range as (low, high) from the spec, log scale, quantised).
-BAYES_FLOATS = {
-    "uniform": (lambda s: (s["min"], s["max"]), False),
-    "q_uniform": (lambda s: (s["min"], s["max"]), False),
-    "log_uniform_values": (lambda s: (s["min"], s["max"]), True),
-    "q_log_uniform_values": (lambda s: (s["min"], s["max"]), True),
-    # Bounds as natural-log exponents: the same log-uniform law on exp(min)..exp(max).
-    "log_uniform": (lambda s: (math.exp(s["min"]), math.exp(s["max"])), True),
-    "q_log_uniform": (lambda s: (math.exp(s["min"]), math.exp(s["max"])), True),
-    # 1/X log-uniform on 1/max..1/min is X log-uniform on min..max.
-    "inv_log_uniform_values": (lambda s: (s["min"], s["max"]), True),
-    "inv_log_uniform": (lambda s: (math.exp(-s["max"]), math.exp(-s["min"])), True),
-}
-BAYES_OTHERS = ("constant", "categorical", "int_uniform")
 
 
 class SweepStopped(SystemExit):
     """The sweep stopped before its budget: too many failed trials in a row, or interrupted."""
 
 
-# ------------------------------------------------------------------------------------------- identity
-def local_study_id(sweep_file: str | Path, config: Mapping[str, Any] | None = None) -> str:
-    """The study (and ``WANDB_SWEEP_ID``) of a sweep YAML: ``local-<name>-<hash of its search>``.
-
-    The same YAML always gives the same id, so rerunning a command resumes its study; editing the
-    search (parameters, method, metric, command) starts a new one instead of mixing two searches.
-    """
-    config = load_sweep(sweep_file) if config is None else config
-    search = {key: config.get(key) for key in SEARCH_KEYS}
-    digest = hashlib.sha256(json.dumps(search, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"local-{sweep_name(dict(config), sweep_file)}-{digest}"
-
-
+# ------------------------------------------------------------------------------------------- processes
 def local_worker_command(sweep_file: str | Path, count: int | None, storage: str | None) -> list[str]:
     """The argv of one local worker process (``parallel --engine local`` starts several)."""
     command = [sys.executable, "-m", "dsum.sweep", "local", str(sweep_file)]
@@ -122,105 +106,6 @@ def local_worker_command(sweep_file: str | Path, count: int | None, storage: str
     return command
 
 
-def storage_url(storage: str | None, sweep_dir: Path) -> str:
-    """The storage every worker and trial opens: a database URL as given, else an absolute journal path."""
-    if storage and "://" in storage:
-        return storage
-    return str(Path(storage or sweep_dir / STORAGE_FILE).resolve())
-
-
-def display_url(url: str) -> str:
-    """A storage URL fit to print: a password in ``scheme://user:password@host`` masked."""
-    return redact_text(re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", url))
-
-
-# ------------------------------------------------------------------------------------------- search space
-def _grid_hash(value: Any) -> str:
-    """W&B's grid identity of a value (integral floats equal ints: ``3.0`` is ``3``)."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return hashlib.md5(yaml.safe_dump(value, default_flow_style=True, sort_keys=True).encode()).hexdigest()
-
-
-def grid_combinations(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of a grid sweep, in W&B's order: the product of the parameters in YAML order
-    (first parameter slowest), ``int_uniform`` as ``min..max``, ``q_uniform`` as ``arange(min, max, q)``,
-    repeated combinations once.
-
-    Raises:
-        SweepSpecError: a parameter grid search cannot enumerate.
-    """
-    import numpy as np
-
-    axes: list[tuple[str, list[Any]]] = []
-    for name, spec in (config.get("parameters") or {}).items():
-        dist = distribution_of(spec)
-        if dist == "constant":
-            values = [spec["value"]]
-        elif dist == "categorical":
-            values = list(spec["values"])
-        elif dist == "int_uniform":
-            values = list(range(int(spec["min"]), int(spec["max"]) + 1))
-        elif dist == "q_uniform":
-            values = np.arange(spec["min"], spec["max"], spec.get("q", 1)).tolist()
-        else:
-            raise SweepSpecError(f"parameters.{name}: grid search cannot enumerate {dist}; list the points "
-                                 "with `values:` or use method random/bayes")
-        axes.append((str(name), values))
-    combos, seen = [], set()
-    for combo in itertools.product(*[[(v, _grid_hash(v)) for v in values] for _, values in axes]):
-        key = tuple(h for _, h in combo)
-        if key not in seen:
-            seen.add(key)
-            combos.append({name: value for (name, _), (value, _) in zip(axes, combo, strict=True)})
-    return combos
-
-
-def check_bayes_space(config: Mapping[str, Any], path: str | Path | None = None) -> None:
-    """Refuse, naming each parameter, what TPE cannot draw from exactly.
-
-    Raises:
-        SweepSpecError: a distribution without a bounded exact equivalent (``normal``, ``beta``, ...) or
-            ``probabilities`` on a bayes sweep.
-    """
-    problems = []
-    for name, spec in (config.get("parameters") or {}).items():
-        dist = distribution_of(spec)
-        if dist == "categorical_w_probabilities":
-            problems.append(f"parameters.{name}: the local bayes engine (TPE) cannot weight values by "
-                            "probabilities; drop `probabilities`, or use method random")
-        elif dist not in BAYES_FLOATS and dist not in BAYES_OTHERS:
-            problems.append(f"parameters.{name}: the local bayes engine (TPE) cannot draw {dist} exactly "
-                            "(it needs bounds); use a bounded distribution, or method random")
-    if problems:
-        raise SweepSpecError(f"{path or 'sweep config'}: cannot run on the local engine:\n"
-                             + "\n".join(f"  - {p}" for p in problems))
-
-
-def _quantize(value: float, q: float) -> float:
-    return round(value / q) * q  # W&B's rule: the grid is anchored at 0, not at min
-
-
-def _suggest(trial: optuna.Trial, name: str, spec: Mapping[str, Any]) -> Any:
-    """One parameter drawn by the study's sampler, in W&B's form (quantised, exponentiated, ...)."""
-    dist = distribution_of(spec)
-    if dist == "constant":
-        return spec["value"]
-    if dist == "categorical":
-        values = list(spec["values"])
-        if all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
-            return trial.suggest_categorical(name, values)
-        keys = [json.dumps(v, sort_keys=True) for v in values]  # Optuna's choices must be scalars
-        return values[keys.index(trial.suggest_categorical(name, keys))]
-    if dist == "int_uniform":
-        return trial.suggest_int(name, int(spec["min"]), int(spec["max"]))
-    bounds, log = BAYES_FLOATS[dist]
-    low, high = bounds(spec)
-    value = trial.suggest_float(name, float(low), float(high), log=log)
-    return _quantize(value, spec.get("q", 1)) if dist.startswith("q_") else value
-
-
-# ------------------------------------------------------------------------------------------- the agent's argv
 def agent_command(config: Mapping[str, Any], params: Mapping[str, Any], args_json_file: str | Path
                   ) -> tuple[list[str], bool]:
     """The argv ``wandb agent`` runs for ``params`` (``wandb_agent.Agent._command_run``, wandb 0.31), and
@@ -246,67 +131,7 @@ def agent_command(config: Mapping[str, Any], params: Mapping[str, Any], args_jso
     return command, "${args_json_file}" in sweep_command
 
 
-# ------------------------------------------------------------------------------------------- stale trials
-def _process_alive(pid: int, started: float | None) -> bool:
-    """Whether process ``pid`` runs and is the same process (same start time) as the one recorded."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(process.create_time() - started) < 1.0
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True  # cannot tell (permissions): leave it to the heartbeat
-
-
-def _process_started() -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process().create_time()
-    except psutil.Error:
-        return None
-
-
-def is_stale(trial: optuna.trial.FrozenTrial, now: float, host: str) -> bool:
-    """Whether a RUNNING trial's worker is gone: its process has ended (this host), or its heartbeat (the
-    start time when it never beat) is older than :data:`STALE_AFTER_SECONDS`."""
-    attrs = trial.user_attrs
-    if attrs.get(HOST_ATTR) == host and PID_ATTR in attrs:
-        return not _process_alive(int(attrs[PID_ATTR]), attrs.get(PID_STARTED_ATTR))
-    last = attrs.get(HEARTBEAT_ATTR) or (trial.datetime_start.timestamp() if trial.datetime_start else now)
-    return now - float(last) > STALE_AFTER_SECONDS
-
-
 # ------------------------------------------------------------------------------------------- the sweep
-@dataclass
-class Claim:
-    """A trial a worker took: the Optuna trial, its W&B-form parameters and its run id."""
-
-    trial: optuna.Trial
-    params: dict[str, Any]
-    run_id: str
-
-    @property
-    def number(self) -> int:
-        return self.trial.number
-
-
-@dataclass
-class Outcome:
-    """How a trial ended, as Optuna and the printed line see it."""
-
-    state: TrialState
-    label: str  # completed / pruned / failed / interrupted
-    value: float | None
-    seconds: float
-    returncode: int | None
-    reason: str | None = None
-
-
 class LocalSweep:
     """One invocation of ``local``: a study, K worker threads, each running one trial process at a time."""
 
@@ -339,7 +164,7 @@ class LocalSweep:
         self.storage_url = storage_url(storage, self.sweep_dir)
         self.count, self.workers, self.max_failures = count, workers, max_consecutive_failures
         self.run_cap: int | None = self.config.get("run_cap")
-        self.host, self.pid, self.pid_started = socket.gethostname(), os.getpid(), _process_started()
+        self.host, self.pid, self.pid_started = socket.gethostname(), os.getpid(), process_started()
         self.gpus = visible_gpus()
         self.rng = random.Random()
         self.lock = threading.Lock()
@@ -430,7 +255,7 @@ class LocalSweep:
             elif self.method == "random":
                 params = sample_params(self.config, self.rng)
             else:
-                params = {str(name): _suggest(trial, str(name), spec)
+                params = {str(name): suggest_param(trial, str(name), spec)
                           for name, spec in self.config["parameters"].items()}
             run_id = f"t{trial.number:04d}-{secrets.token_hex(3)}"
             for key, value in {PARAMS_ATTR: params, RUN_ID_ATTR: run_id, HOST_ATTR: self.host, PID_ATTR: self.pid,

@@ -19,16 +19,16 @@ accepts:
 - in a sweep, each trial gets its own run directory.
 
 Native arguments (subcommand, ``--config``, dotted keys, ...) pass through in order.
+
+The name tables live in :mod:`dsum.sweep.names` and the command-line parsing in :mod:`dsum.sweep.argv`;
+both are re-exported here, so ``from dsum.sweep.params import ...`` reaches all three.
 """
 
 from __future__ import annotations
 
-import ast
-import difflib
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +38,42 @@ from typing import Any
 import yaml
 
 from dsum.secrets import redact, secret_values
+from dsum.sweep.argv import SUBCOMMANDS, ParsedArgv, cli_value, coerce_cli_string, parse_argv, parse_cli_value
+from dsum.sweep.names import (
+    ALIASES,
+    BF16,
+    DEFAULTS,
+    DERIVED,
+    EFFECTIVE_BATCH,
+    FP16,
+    LENGTH_CAPS,
+    NATIVE_PARAM_KEYS,
+    PRESET_PARAM,
+    PRESETS,
+    Alias,
+    Preset,
+    SweepParamError,
+    is_dotted_key,
+    is_valid_name,
+    keeps_floats,
+    normalize_key,
+    target_key,
+    unknown_name_message,
+    valid_names,
+)
+
+# Defined here before names.py and argv.py were split off; still importable from here.
+from dsum.sweep.argv import NATIVE_FLAGS as NATIVE_FLAGS
+from dsum.sweep.argv import NATIVE_VALUED as NATIVE_VALUED
+from dsum.sweep.argv import ArgItem as ArgItem
+from dsum.sweep.names import BATCHING as BATCHING
+from dsum.sweep.names import BOOL_KEYS as BOOL_KEYS
+from dsum.sweep.names import FLOAT_KEYS as FLOAT_KEYS
+from dsum.sweep.names import FRACTION_KEYS as FRACTION_KEYS
+from dsum.sweep.names import INT_KEYS as INT_KEYS
+from dsum.sweep.names import NATIVE_ROOTS as NATIVE_ROOTS
+from dsum.sweep.names import OPTIMIZERS as OPTIMIZERS
+from dsum.sweep.names import SCHEDULERS as SCHEDULERS
 
 __all__ = [
     "ALIASES",
@@ -67,319 +103,8 @@ LOG_PREFIX = "dsum.sweep:"
 SWEEP_PARAMS_ENV = "DSUM_SWEEP_PARAMS"
 SWEEP_DIR_ENV = "DSUM_SWEEP_DIR"
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# Roots of the dotted keys LightningCLI accepts (`python main.py fit --help`).
-NATIVE_ROOTS = ("model", "data", "trainer", "checkpoint", "early_stopping", "outputs", "submission")
-# Native options that take a value, and those that never take a separate one.
-NATIVE_VALUED = frozenset(
-    {"--config", "-c", "--ckpt_path", "--seed_everything", "--verbose", "--return_predictions"}
-    | {f"--{root}" for root in NATIVE_ROOTS}
-)
-NATIVE_FLAGS = frozenset({"--print_config", "-h", "--help"})
-# Native top-level keys that a sweep may also name as parameters.
-NATIVE_PARAM_KEYS = ("seed_everything", "ckpt_path")
 
-
-class SweepParamError(ValueError):
-    """A sweep parameter that maps to no CLI key, or a value it cannot take."""
-
-
-# ------------------------------------------------------------------------------------------- tables
-@dataclass(frozen=True)
-class Alias:
-    """A sweep parameter name for one CLI key.
-
-    Args:
-        key: Dotted LightningCLI key (``model.`` keys without ``init_args``).
-        values: Value map (sweep value -> CLI value); when set, other values are refused.
-    """
-
-    key: str
-    values: Mapping[Any, Any] | None = None
-
-
-OPTIMIZERS = {"adamw": "adamw", "adamw_torch": "adamw", "adamw_hf": "adamw", "adamw_torch_fused": "adamw",
-              "adafactor": "adafactor"}
-SCHEDULERS = {"cosine": "cosine", "linear": "linear", "cosine_with_restarts": "cosine_with_restarts",
-              # dsum's `constant` already warms up for `warmup_ratio` of the steps.
-              "constant": "constant", "constant_with_warmup": "constant"}
-BATCHING = {name: name for name in ("length_grouped", "token_budget", "random")}
-FP16 = {True: "16-mixed", False: "32-true"}
-BF16 = {True: "bf16-mixed", False: "32-true"}
-
-
-def _aliases(*groups: tuple[tuple[str, ...], str, Mapping[Any, Any] | None]) -> dict[str, Alias]:
-    table: dict[str, Alias] = {}
-    for names, key, values in groups:
-        for name in names:
-            table[name] = Alias(key, values)
-    return table
-
-
-# The one alias table: the original sweep spaces' names (HF Seq2SeqTrainer style) and a few common synonyms.
-ALIASES: dict[str, Alias] = _aliases(
-    (("lr", "learning_rate"), "model.learning_rate", None),
-    (("train_batch_size", "per_device_train_batch_size", "batch_size"), "data.batch_size", None),
-    (("eval_batch_size", "per_device_eval_batch_size"), "data.eval_batch_size", None),
-    (("encoder_max_len", "max_source_length"), "data.encoder_max_len", None),
-    (("decoder_max_len", "max_target_length"), "data.decoder_max_len", None),
-    (("max_tokens",), "data.max_tokens", None),
-    (("batching",), "data.batching", BATCHING),
-    (("weight_decay",), "model.weight_decay", None),
-    (("warmup_ratio",), "model.warmup_ratio", None),
-    (("num_train_epochs", "epochs", "max_epochs"), "trainer.max_epochs", None),
-    (("max_steps",), "trainer.max_steps", None),
-    (("lr_scheduler_type", "scheduler"), "model.lr_scheduler", SCHEDULERS),
-    (("num_cycles",), "model.num_cycles", None),
-    (("gradient_accumulation_steps", "accumulate_grad_batches"), "trainer.accumulate_grad_batches", None),
-    (("max_grad_norm", "gradient_clip_val"), "trainer.gradient_clip_val", None),
-    (("label_smoothing", "label_smoothing_factor"), "model.label_smoothing", None),
-    (("early_stopping_patience",), "early_stopping.patience", None),
-    (("early_stopping_threshold",), "early_stopping.min_delta", None),
-    (("optim", "optimizer"), "model.optimizer", OPTIMIZERS),
-    (("num_beams",), "model.generation.num_beams", None),
-    (("no_repeat_ngram_size",), "model.generation.no_repeat_ngram_size", None),
-    (("length_penalty",), "model.generation.length_penalty", None),
-    (("generation_max_length", "max_new_tokens"), "model.generation.max_new_tokens", None),
-    (("min_new_tokens",), "model.generation.min_new_tokens", None),
-    (("do_sample",), "model.generation.do_sample", None),
-    (("temperature",), "model.generation.temperature", None),
-    (("top_p",), "model.generation.top_p", None),
-    (("seed",), "seed_everything", None),
-    (("fp16",), "trainer.precision", FP16),
-    (("bf16",), "trainer.precision", BF16),
-    (("precision",), "trainer.precision", None),
-    (("pretrained", "model_name_or_path"), "model.pretrained", None),
-)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A model family's config file plus the overrides that pick one of its checkpoints.
-
-    Args:
-        config: Config path, resolved against the current directory, then the repository root.
-        overrides: Dotted keys applied right after the config.
-    """
-
-    config: str
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-
-
-PRESET_PARAM = "model_preset"
-# Each family with its own checkpoints and settings (the original crossed architecture x checkpoint).
-PRESETS: dict[str, Preset] = {
-    "kobart": Preset("configs/kobart.yaml"),
-    "kobart-base-v2": Preset("configs/kobart.yaml", {"model.pretrained": "gogamza/kobart-base-v2"}),
-    "kobart-summary-v3": Preset("configs/kobart.yaml", {"model.pretrained": "EbanLee/kobart-summary-v3"}),
-    "kogpt2": Preset("configs/kogpt2.yaml"),
-    "pko-t5-small": Preset("configs/pko-t5.yaml"),
-    "pko-t5-base": Preset("configs/pko-t5.yaml", {"model.pretrained": "paust/pko-t5-base"}),
-    "mt5-small": Preset("configs/mt5.yaml"),
-    "mt5-base": Preset("configs/mt5.yaml", {"model.pretrained": "google/mt5-base"}),
-    "tiny-bart": Preset("configs/quickstart.yaml"),
-    "tiny-t5": Preset("configs/quickstart-t5.yaml"),
-    "tiny-gpt2": Preset("configs/quickstart-gpt2.yaml"),
-}
-
-EFFECTIVE_BATCH = "effective_batch_size"
-DERIVED: dict[str, str] = {
-    EFFECTIVE_BATCH: "sets trainer.accumulate_grad_batches = max(1, round(effective / (batch_size x world_size)))",
-}
-
-# The original sweep's `constraints:`: encoder inputs longer than `above` tokens cap the train batch at
-# `max_batch` and need at least `min_accumulation` accumulation steps (most restrictive first).
-LENGTH_CAPS: tuple[tuple[int, int, int], ...] = ((1024, 8, 2), (512, 16, 1))
-
-# Values the code uses when neither a config nor an override sets them (tests check these against
-# DialogueDataModule and Trainer, so they cannot drift).
-DEFAULTS: dict[str, Any] = {
-    "data.batch_size": 16,
-    "data.batching": "length_grouped",
-    "data.max_tokens": None,
-    "data.encoder_max_len": 512,
-    "data.decoder_max_len": 100,
-    "trainer.accumulate_grad_batches": 1,
-    "trainer.devices": "auto",
-    "trainer.num_nodes": 1,
-    "trainer.accelerator": "auto",
-}
-
-# Value types of the keys sweeps commonly set; the spec checker uses them to catch distributions that
-# cannot produce a valid value (a float for an int key, ...).
-INT_KEYS = frozenset({
-    "data.batch_size", "data.eval_batch_size", "data.encoder_max_len", "data.decoder_max_len", "data.max_tokens",
-    "data.val_subset", "data.num_workers", "data.seed", "trainer.max_epochs", "trainer.max_steps",
-    "trainer.accumulate_grad_batches", "trainer.num_nodes", "early_stopping.patience", "model.num_cycles",
-    "model.generation.num_beams", "model.generation.no_repeat_ngram_size", "model.generation.max_new_tokens",
-    "model.generation.min_new_tokens", "seed_everything", EFFECTIVE_BATCH,
-})
-FLOAT_KEYS = frozenset({
-    "model.learning_rate", "model.weight_decay", "model.warmup_ratio", "model.label_smoothing",
-    "model.generation.length_penalty", "model.generation.top_p", "model.generation.temperature",
-    "early_stopping.min_delta", "trainer.gradient_clip_val",
-})
-BOOL_KEYS = frozenset({"model.generation.do_sample", "model.generation.early_stopping", "fp16", "bf16"})
-# Lightning reads an int as a count and a float as a fraction for these: `1.0` (all batches, once per
-# epoch) must not become `1` (one batch).
-FRACTION_KEYS = frozenset({
-    "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",
-    "trainer.limit_predict_batches", "trainer.val_check_interval", "trainer.overfit_batches",
-})
-
-
-# ------------------------------------------------------------------------------------------- names
-def valid_names() -> list[str]:
-    """Every non-dotted sweep parameter name: aliases, ``model_preset`` and derived values."""
-    return sorted([*ALIASES, PRESET_PARAM, *DERIVED, *NATIVE_PARAM_KEYS])
-
-
-def _is_dotted_key(name: str) -> bool:
-    parts = name.split(".")
-    return len(parts) >= 2 and parts[0] in NATIVE_ROOTS and all(p.isidentifier() for p in parts)
-
-
-def normalize_key(key: str) -> str:
-    """``model.init_args.x`` -> ``model.x`` (the dotted shorthand LightningCLI also accepts)."""
-    parts = key.split(".")
-    if len(parts) >= 3 and parts[0] in ("model", "data") and parts[1] == "init_args":
-        parts = [parts[0], *parts[2:]]
-    return ".".join(parts)
-
-
-def is_valid_name(name: str) -> bool:
-    """Whether ``name`` is an alias, ``model_preset``, a derived value or a dotted key with a known root."""
-    return name in ALIASES or name in DERIVED or name == PRESET_PARAM or name in NATIVE_PARAM_KEYS \
-        or _is_dotted_key(name)
-
-
-def target_key(name: str) -> str | None:
-    """The dotted CLI key a parameter sets (None for ``model_preset`` and derived values).
-
-    Raises:
-        SweepParamError: ``name`` is not a valid sweep parameter.
-    """
-    if name in ALIASES:
-        return ALIASES[name].key
-    if name == PRESET_PARAM or name in DERIVED:
-        return None
-    if name in NATIVE_PARAM_KEYS or _is_dotted_key(name):
-        return normalize_key(name)
-    raise SweepParamError(unknown_name_message(name))
-
-
-def unknown_name_message(name: str, source: str = "") -> str:
-    """A readable refusal listing every valid name (and the closest ones)."""
-    close = difflib.get_close_matches(name, [*valid_names(), *PRESETS], n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    origin = f" (from {source})" if source else ""
-    return (
-        f"unknown sweep parameter {name!r}{origin}.{hint}\n"
-        f"  aliases: {', '.join(sorted(ALIASES))}\n"
-        f"  preset: {PRESET_PARAM} (one of {', '.join(PRESETS)})\n"
-        f"  derived: {', '.join(DERIVED)}\n"
-        f"  native: {', '.join(NATIVE_PARAM_KEYS)}, or any dotted key under "
-        f"{', '.join(r + '.' for r in NATIVE_ROOTS)} (see `python main.py fit --help`)"
-    )
-
-
-# ------------------------------------------------------------------------------------------- values
-_INTEGRAL_FLOAT = re.compile(r"^[+-]?\d+\.0*$")
-
-
-def _normalize(value: Any) -> Any:
-    """Integral floats -> ints, tuples -> lists, recursively (JSON-ready)."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, (list, tuple)):
-        return [_normalize(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _normalize(v) for k, v in value.items()}
-    return value
-
-
-def keeps_floats(name: str) -> bool:
-    """Whether ``1.0`` and ``1`` mean different things for this key (count vs fraction)."""
-    return normalize_key(name) in FRACTION_KEYS
-
-
-def coerce_cli_string(text: str, keep_floats: bool = False) -> str:
-    """A ``str()``-formatted value as LightningCLI accepts it: ``64.0`` -> ``64``, ``None`` -> ``null``,
-    ``True`` -> ``true``, ``[1, 2]`` -> JSON. Anything else (shell metacharacters included) is kept
-    verbatim: no shell ever sees these strings.
-
-    Args:
-        text: The value as given.
-        keep_floats: Keep ``1.0`` as is (for keys where a float is a fraction and an int a count).
-    """
-    if text in ("True", "False"):
-        return text.lower()
-    if text == "None":
-        return "null"
-    if _INTEGRAL_FLOAT.match(text) and not keep_floats:
-        return str(int(float(text)))
-    if text and text[0] in "[({":
-        try:
-            literal = ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            return text
-        if isinstance(literal, (list, tuple, dict)):
-            return json.dumps(_normalize(literal), ensure_ascii=False)
-    return text
-
-
-def cli_value(value: Any, keep_floats: bool = False) -> str:
-    """A typed value (from a YAML/JSON parameter file or a sampler) as a CLI string.
-
-    Args:
-        value: The value.
-        keep_floats: Keep ``1.0`` as a float (see :func:`coerce_cli_string`).
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        if keep_floats or not (math.isfinite(value) and value.is_integer()):
-            return repr(value)
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(_normalize(value), ensure_ascii=False)
-    return coerce_cli_string(str(value), keep_floats)
-
-
-def parse_cli_value(text: str) -> Any:
-    """A CLI string back to a typed value (JSON where it parses, else the string)."""
-    try:
-        return json.loads(text)
-    except (ValueError, TypeError):
-        return text
-
-
-def map_value(name: str, value: Any) -> tuple[str, Any]:
-    """The CLI key and value for one parameter, through the alias's value map.
-
-    Raises:
-        SweepParamError: unknown name, or a value outside the alias's value map.
-    """
-    key = target_key(name)
-    if key is None:
-        raise SweepParamError(f"{name} is not a plain key parameter (it is a preset or derived value)")
-    alias = ALIASES.get(name)
-    if alias is not None and alias.values is not None:
-        try:
-            return key, alias.values[value]
-        except (KeyError, TypeError):
-            choices = ", ".join(str(v) for v in alias.values)
-            raise SweepParamError(f"{name}={value!r} is not one of: {choices}") from None
-    return key, value
-
-
-# ------------------------------------------------------------------------------------------- configs
+# ------------------------------------------------------------------------------------------- config files
 def resolve_config_path(path: str) -> Path | None:
     """``path`` as given when it exists from the current directory, else under the repository root."""
     candidate = Path(path)
@@ -435,118 +160,6 @@ def load_config_files(paths: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-# ------------------------------------------------------------------------------------------- argv
-@dataclass
-class ArgItem:
-    """One native argument: its tokens as given and, for options, its name and value."""
-
-    tokens: list[str]
-    name: str | None = None
-    value: str | None = None
-
-
-@dataclass
-class ParsedArgv:
-    """A command line split into native arguments (in order) and sweep parameters (name -> string)."""
-
-    natives: list[ArgItem] = field(default_factory=list)
-    params: dict[str, str] = field(default_factory=dict)
-
-    def configs(self) -> list[str]:
-        return [item.value for item in self.natives if item.name in ("--config", "-c") and item.value]
-
-    def dotted(self) -> dict[str, str]:
-        """Dotted (and ``--model=`` style) native overrides, by normalized key; the last one wins."""
-        out: dict[str, str] = {}
-        for item in self.natives:
-            if item.name is None or item.value is None:
-                continue
-            bare = item.name.lstrip("-")
-            if _is_dotted_key(bare.rstrip("+")) or bare == "seed_everything":
-                out[normalize_key(bare)] = item.value
-            elif bare in ("model", "data") and "." in item.value and "/" not in item.value:
-                out[f"{bare}.class_path"] = item.value
-        return out
-
-
-def _value_option(bare: str) -> bool:
-    return f"--{bare}" in NATIVE_VALUED or _is_dotted_key(bare.rstrip("+"))
-
-
-def _takes_next(tokens: Sequence[str], i: int, bool_param: bool = False) -> bool:
-    """Whether the token after position ``i`` is this option's value (``--k v`` form)."""
-    if i + 1 >= len(tokens):
-        return False
-    nxt = tokens[i + 1]
-    if bool_param:
-        return nxt in ("True", "False", "true", "false", "1", "0")
-    return not nxt.startswith("--") or bool(re.match(r"^-\d", nxt))
-
-
-def parse_argv(argv: Sequence[str], source: str = "the command line") -> ParsedArgv:
-    """Split ``argv`` into native arguments and sweep parameters, coercing values.
-
-    Both ``--k=v`` and ``--k v`` are accepted; a boolean sweep parameter may be a bare flag
-    (``${args_no_boolean_flags}``).
-
-    Raises:
-        SweepParamError: an option that is neither native nor a valid sweep parameter.
-    """
-    parsed = ParsedArgv()
-    tokens = list(argv)
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("-") or token == "-":
-            parsed.natives.append(ArgItem([token]))
-            i += 1
-            continue
-        name, eq, value = token.partition("=")
-        if name in NATIVE_FLAGS:
-            parsed.natives.append(ArgItem([token], name, value if eq else None))
-            i += 1
-            continue
-        bare = name.lstrip("-")
-        if name.startswith("--") and is_valid_name(bare) and not _value_option(bare):
-            # A sweep parameter (alias, preset, derived).
-            is_bool = ALIASES.get(bare, Alias("")).key in BOOL_KEYS or bare in BOOL_KEYS
-            if not eq:
-                if _takes_next(tokens, i, bool_param=is_bool):
-                    value = tokens[i + 1]
-                    i += 1
-                elif is_bool:
-                    value = "true"
-                else:
-                    raise SweepParamError(f"sweep parameter --{bare} (from {source}) has no value")
-            if bare in parsed.params:
-                raise SweepParamError(f"sweep parameter --{bare} is given twice (from {source})")
-            parsed.params[bare] = coerce_cli_string(value)
-            i += 1
-            continue
-        if name in NATIVE_VALUED or (name.startswith("--") and _value_option(bare)):
-            coerce = name not in ("--config", "-c", "--ckpt_path") and bare not in NATIVE_ROOTS
-            keep = keeps_floats(bare)
-            if eq:
-                value = coerce_cli_string(value, keep) if coerce else value
-                parsed.natives.append(ArgItem([f"{name}={value}"], name, value))
-                i += 1
-            elif _takes_next(tokens, i):
-                value = coerce_cli_string(tokens[i + 1], keep) if coerce else tokens[i + 1]
-                parsed.natives.append(ArgItem([name, value], name, value))
-                i += 2
-            else:
-                parsed.natives.append(ArgItem([token], name, None))
-                i += 1
-            continue
-        if name.startswith("--") and "." in bare:
-            raise SweepParamError(
-                f"unknown option {name} (from {source}): dotted keys must start with one of "
-                f"{', '.join(r + '.' for r in NATIVE_ROOTS)}"
-            )
-        raise SweepParamError(unknown_name_message(bare, source))
-    return parsed
-
-
 def read_param_file(path: str | Path) -> dict[str, Any]:
     """The run's parameters from a W&B agent's ``WANDB_SWEEP_PARAM_PATH`` file.
 
@@ -564,6 +177,25 @@ def read_param_file(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- mapping
+def map_value(name: str, value: Any) -> tuple[str, Any]:
+    """The CLI key and value for one parameter, through the alias's value map.
+
+    Raises:
+        SweepParamError: unknown name, or a value outside the alias's value map.
+    """
+    key = target_key(name)
+    if key is None:
+        raise SweepParamError(f"{name} is not a plain key parameter (it is a preset or derived value)")
+    alias = ALIASES.get(name)
+    if alias is not None and alias.values is not None:
+        try:
+            return key, alias.values[value]
+        except (KeyError, TypeError):
+            choices = ", ".join(str(v) for v in alias.values)
+            raise SweepParamError(f"{name}={value!r} is not one of: {choices}") from None
+    return key, value
+
+
 @dataclass
 class _Plan:
     preset_args: list[str] = field(default_factory=list)
@@ -655,7 +287,7 @@ def _plan(params: Mapping[str, str], base: Mapping[str, Any], fixed: Mapping[str
         if key in set_by:
             raise SweepParamError(f"{set_by[key]} and {name} both set {key}: sweep only one of them")
         set_by[key] = name
-        flag = name if (_is_dotted_key(name) or name in NATIVE_PARAM_KEYS) else key
+        flag = name if (is_dotted_key(name) or name in NATIVE_PARAM_KEYS) else key
         out_text = text if mapped is value else cli_value(mapped)
         plan.overrides[key] = (flag, out_text)
         if isinstance(mapped, Mapping):
@@ -790,7 +422,7 @@ def _merge_file_params(parsed: ParsedArgv, file_params: Mapping[str, Any], path:
         if not is_valid_name(name):
             raise SweepParamError(unknown_name_message(name, f"WANDB_SWEEP_PARAM_PATH={path}"))
         key = normalize_key(name)
-        if (_is_dotted_key(name) or name in NATIVE_PARAM_KEYS) and key in native_dotted:
+        if (is_dotted_key(name) or name in NATIVE_PARAM_KEYS) and key in native_dotted:
             # ${args} already put it on the command line: take argv's value, and treat it as swept.
             params[name] = native_dotted[key]
             parsed.natives = [

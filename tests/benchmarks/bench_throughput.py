@@ -151,6 +151,7 @@ def summarize_run(clock: StepClock, recorder: BatchRecorder, warmup: int, fit_se
         "step_seconds": [round(b - a, 4) for a, b in zip(ends, ends[1:])],
         "step_examples": samples,
         "step_encoder_positions": [r[1] for r in records],
+        "step_decoder_positions": [r[3] for r in records],
     }
 
 
@@ -452,7 +453,7 @@ def build_model(csv: str, out: Path, sizes: dict[str, int]) -> str:
         # A small corpus yields fewer BPE pieces than asked; KoBART's LM head is 30k wide regardless.
         model = AutoModelForSeq2SeqLM.from_pretrained(path)
         if model.get_input_embeddings().num_embeddings < vocab:
-            model.resize_token_embeddings(vocab)
+            model.resize_token_embeddings(vocab, mean_resizing=False)
             model.save_pretrained(path)
     return str(path)
 
@@ -506,7 +507,7 @@ def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extr
         sys.executable, __file__, "--variant", variant, "--model", model, "--csv", opts.csv,
         "--batch-size", str(opts.batch_size), "--epochs", str(opts.epochs), "--warmup-steps",
         str(opts.warmup_steps), "--max-steps", str(opts.max_steps), "--cache-dir", opts.cache_dir,
-        "--result-file", result_file, "--threads", str(opts.threads), "--tag", tag, *extra,
+        "--result-file", result_file, "--threads", str(opts.threads), f"--tag={tag}", *extra,
     ]
     if opts.profile:
         cmd += ["--profile", opts.profile]
@@ -612,7 +613,13 @@ def best_dsum(results: dict[str, dict[str, Any]], prototypes: bool = False) -> s
 
 
 def parent_main(opts: argparse.Namespace) -> None:
+    import logging
+
+    import datasets
     import torch
+
+    datasets.disable_progress_bars()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # truncation notes, once per token-budget search
 
     cuda = torch.cuda.is_available() and not opts.cpu
     report: dict[str, Any] = {
@@ -625,9 +632,10 @@ def parent_main(opts: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
         opts.cache_dir = str(Path(tmp) / "cache")
         if opts.model is None:
-            print("-- building tiny BART (d_model 256, 3+3 layers) ...", file=sys.stderr, flush=True)
-            opts.model = build_model(opts.csv, Path(tmp) / "tiny_bart", TINY)
-            report["settings"]["model"] = "tiny BART " + json.dumps(TINY)
+            sizes = {**TINY, "vocab_size": opts.vocab_size}
+            print(f"-- building tiny BART {sizes} ...", file=sys.stderr, flush=True)
+            opts.model = build_model(opts.csv, Path(tmp) / "tiny_bart", sizes)
+            report["settings"]["model"] = "tiny BART " + json.dumps(sizes)
         else:
             report["settings"]["model"] = opts.model
         variants = list(opts.variants)
@@ -712,6 +720,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="training examples per step (all variants)")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs")
     parser.add_argument("--out", help="write all figures as JSON here")
+    parser.add_argument("--vocab-size", type=int, default=2000,
+                        help="vocabulary of the default tiny BART's tokenizer (dsum.tiny's default 2000)")
     parser.add_argument("--warmup-steps", type=int, default=3,
                         help="first steps left out of samples/s (the incl. column keeps them)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))

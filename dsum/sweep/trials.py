@@ -1,0 +1,131 @@
+"""Local sweep bookkeeping, kept in the Optuna study itself: where the study lives and what its trials record.
+
+- identity and storage: :func:`local_study_id` (the same YAML resumes the same study), :func:`storage_url`,
+  :func:`display_url`;
+- what a worker records on each trial it claims (``*_ATTR`` user attributes: parameters, run id, the worker's
+  host, pid and heartbeat), :class:`Claim`, and how a trial ended, :class:`Outcome`;
+- stale trials: :func:`is_stale` tells when a RUNNING trial's worker is gone.
+
+:mod:`dsum.sweep.local` (the engine) uses these and re-exports them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from dsum.secrets import redact_text
+from dsum.sweep.spec import load_sweep
+from dsum.sweep.wandb_backend import sweep_name
+
+STORAGE_FILE = "optuna.journal"
+HEARTBEAT_SECONDS = 60.0
+STALE_AFTER_SECONDS = 600.0
+# Trial user attributes.
+PARAMS_ATTR = "wandb_params"
+RUN_ID_ATTR = "run_id"
+HOST_ATTR = "dsum_host"
+PID_ATTR = "dsum_pid"
+PID_STARTED_ATTR = "dsum_pid_started"
+HEARTBEAT_ATTR = "dsum_heartbeat"
+STATE_ATTR = "dsum_state"
+SKIPPED_ATTR = "dsum_skipped"
+# Study user attribute: the grid was queued (so a resume never queues it twice).
+GRID_ATTR = "dsum_grid_queued"
+# The parts of a sweep YAML that define its search; the study id changes with them.
+SEARCH_KEYS = ("program", "command", "method", "metric", "parameters", "early_terminate")
+
+
+# ------------------------------------------------------------------------------------------- identity and storage
+def local_study_id(sweep_file: str | Path, config: Mapping[str, Any] | None = None) -> str:
+    """The study (and ``WANDB_SWEEP_ID``) of a sweep YAML: ``local-<name>-<hash of its search>``.
+
+    The same YAML always gives the same id, so rerunning a command resumes its study; editing the
+    search (parameters, method, metric, command) starts a new one instead of mixing two searches.
+    """
+    config = load_sweep(sweep_file) if config is None else config
+    search = {key: config.get(key) for key in SEARCH_KEYS}
+    digest = hashlib.sha256(json.dumps(search, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"local-{sweep_name(dict(config), sweep_file)}-{digest}"
+
+
+def storage_url(storage: str | None, sweep_dir: Path) -> str:
+    """The storage every worker and trial opens: a database URL as given, else an absolute journal path."""
+    if storage and "://" in storage:
+        return storage
+    return str(Path(storage or sweep_dir / STORAGE_FILE).resolve())
+
+
+def display_url(url: str) -> str:
+    """A storage URL fit to print: a password in ``scheme://user:password@host`` masked."""
+    return redact_text(re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", url))
+
+
+# ------------------------------------------------------------------------------------------- stale trials
+def _process_alive(pid: int, started: float | None) -> bool:
+    """Whether process ``pid`` runs and is the same process (same start time) as the one recorded."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # cannot tell (permissions): leave it to the heartbeat
+
+
+def process_started() -> float | None:
+    """This process's start time, recorded beside its pid so a reused pid is not taken for the worker."""
+    import psutil
+
+    try:
+        return psutil.Process().create_time()
+    except psutil.Error:
+        return None
+
+
+def is_stale(trial: optuna.trial.FrozenTrial, now: float, host: str) -> bool:
+    """Whether a RUNNING trial's worker is gone: its process has ended (this host), or its heartbeat (the
+    start time when it never beat) is older than :data:`STALE_AFTER_SECONDS`."""
+    attrs = trial.user_attrs
+    if attrs.get(HOST_ATTR) == host and PID_ATTR in attrs:
+        return not _process_alive(int(attrs[PID_ATTR]), attrs.get(PID_STARTED_ATTR))
+    last = attrs.get(HEARTBEAT_ATTR) or (trial.datetime_start.timestamp() if trial.datetime_start else now)
+    return now - float(last) > STALE_AFTER_SECONDS
+
+
+# ------------------------------------------------------------------------------------------- claims and outcomes
+@dataclass
+class Claim:
+    """A trial a worker took: the Optuna trial, its W&B-form parameters and its run id."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    run_id: str
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+@dataclass
+class Outcome:
+    """How a trial ended, as Optuna and the printed line see it."""
+
+    state: TrialState
+    label: str  # completed / pruned / failed / interrupted
+    value: float | None
+    seconds: float
+    returncode: int | None
+    reason: str | None = None
