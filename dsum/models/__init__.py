@@ -1,0 +1,7 @@
+"""Summarizer LightningModules, one per model family."""
+
+from dsum.models.base import GenerationSettings, SummarizerBase
+from dsum.models.causal import CausalLMSummarizer
+from dsum.models.seq2seq import Seq2SeqSummarizer
+
+__all__ = ["CausalLMSummarizer", "GenerationSettings", "Seq2SeqSummarizer", "SummarizerBase"]

@@ -1,0 +1,294 @@
+"""What every summarizer shares: optimiser, schedule, generation settings, ROUGE validation, export."""
+
+from __future__ import annotations
+
+import copy
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MeanMetric
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.optimization import Adafactor, get_scheduler
+
+from dsum.metrics import KoreanRouge
+from dsum.secrets import redact
+
+OptimizerName = Literal["adamw", "adafactor"]
+SchedulerName = Literal["cosine", "linear", "cosine_with_restarts", "constant"]
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rouge_mean")
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings shared by validation, test and prediction, and saved with the exported model.
+
+    Args:
+        num_beams: Beam width (1 = greedy).
+        no_repeat_ngram_size: Forbid repeating n-grams of this size (0 = off).
+        length_penalty: Exponent on length for beam scores (>1 favours longer summaries).
+        max_new_tokens: Maximum generated summary tokens.
+        min_new_tokens: Minimum generated summary tokens.
+        early_stopping: Stop beam search when ``num_beams`` finished candidates exist.
+        do_sample: Sample instead of searching.
+        top_p: Nucleus sampling mass (only with ``do_sample``).
+        temperature: Sampling temperature (only with ``do_sample``).
+    """
+
+    num_beams: int = 4
+    no_repeat_ngram_size: int = 2
+    length_penalty: float = 1.0
+    max_new_tokens: int = 100
+    min_new_tokens: int = 0
+    early_stopping: bool = True
+    do_sample: bool = False
+    top_p: float = 1.0
+    temperature: float = 1.0
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``model.generate``; sampling knobs only when sampling, so HF does not warn."""
+        kwargs = asdict(self)
+        if not self.do_sample:
+            kwargs.pop("top_p")
+            kwargs.pop("temperature")
+        if self.num_beams == 1:
+            kwargs.pop("early_stopping")
+            kwargs.pop("length_penalty")
+        return kwargs
+
+
+class SummarizerBase(L.LightningModule, ABC):
+    """Shared base of :class:`Seq2SeqSummarizer` and :class:`CausalLMSummarizer`.
+
+    Args:
+        pretrained: Hugging Face id or local directory of the model (and its tokenizer).
+        tokenizer: The data module's tokenizer, with the data's masks added (``main.py`` links it).
+            ``None`` loads the tokenizer saved with ``pretrained``.
+        optimizer: ``adamw`` (torch AdamW) or ``adafactor`` (fixed learning rate, no relative step).
+        learning_rate: Peak learning rate.
+        weight_decay: Decoupled weight decay (not applied to biases and norms).
+        lr_scheduler: Schedule after warmup: ``cosine``, ``linear``, ``cosine_with_restarts``, ``constant``.
+        warmup_ratio: Fraction of all optimiser steps spent warming up linearly.
+        num_cycles: Restarts for ``cosine_with_restarts``.
+        label_smoothing: Label smoothing of the cross-entropy loss.
+        generation: Decoding settings for validation, test and prediction.
+        rouge_tokenizer: ``whitespace`` (Unicode words, masks kept whole) or ``morpheme`` (Kiwi).
+        remove_tokens: Strings removed from generated summaries besides the special tokens
+            (e.g. ``<usr>``); masks such as ``#Person1#`` are always kept.
+        trust_remote_code: Allow a hub model to run its own code. Off unless a config opts in.
+    """
+
+    decoder_only = False
+
+    def __init__(
+        self,
+        pretrained: str,
+        tokenizer: Any = None,
+        optimizer: OptimizerName = "adamw",
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.01,
+        lr_scheduler: SchedulerName = "cosine",
+        warmup_ratio: float = 0.1,
+        num_cycles: int = 1,
+        label_smoothing: float = 0.0,
+        generation: GenerationSettings = GenerationSettings(),
+        rouge_tokenizer: Literal["whitespace", "morpheme"] = "whitespace",
+        remove_tokens: list[str] = [],
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self._check_settings(learning_rate, weight_decay, warmup_ratio, label_smoothing, generation)
+        self.save_hyperparameters(ignore=["tokenizer"])
+        # hparams go into checkpoints and logger configs: never with a credential in them.
+        for key, value in list(self.hparams.items()):
+            self.hparams[key] = redact(value)
+        self._hparams_initial = copy.deepcopy(self._hparams)  # what Lightning logs to W&B
+        self.tokenizer: PreTrainedTokenizerBase = tokenizer or AutoTokenizer.from_pretrained(
+            pretrained, trust_remote_code=trust_remote_code
+        )
+        self.generation = generation
+        self.remove_tokens = list(remove_tokens)
+        # from_pretrained returns eval mode; Lightning keeps module modes, so dropout would stay off.
+        self.model = self.load_model(pretrained, trust_remote_code).train()
+        if self.model.get_input_embeddings().num_embeddings < len(self.tokenizer):
+            # The data's masks were added to the tokenizer; give them embedding rows.
+            self.model.resize_token_embeddings(len(self.tokenizer))
+        self.model.generation_config = self.generation_config()
+        self.val_rouge = KoreanRouge(tokenizer=rouge_tokenizer)
+        self.test_rouge = KoreanRouge(tokenizer=rouge_tokenizer)
+        self.val_rouge_best = MaxMetric()
+        self.val_gen_len = MeanMetric()
+        self.test_gen_len = MeanMetric()
+
+    @staticmethod
+    def _check_settings(learning_rate: float, weight_decay: float, warmup_ratio: float,
+                        label_smoothing: float, generation: GenerationSettings) -> None:
+        checks = [
+            ("model.learning_rate", learning_rate > 0, learning_rate),
+            ("model.weight_decay", weight_decay >= 0, weight_decay),
+            ("model.warmup_ratio", 0 <= warmup_ratio < 1, warmup_ratio),
+            ("model.label_smoothing", 0 <= label_smoothing < 1, label_smoothing),
+            ("model.generation.num_beams", generation.num_beams >= 1, generation.num_beams),
+            ("model.generation.max_new_tokens", generation.max_new_tokens >= 1, generation.max_new_tokens),
+            ("model.generation.min_new_tokens", 0 <= generation.min_new_tokens <= generation.max_new_tokens,
+             generation.min_new_tokens),
+        ]
+        for key, ok, value in checks:
+            if not ok:
+                raise ValueError(f"{key}={value} is out of range")
+
+    # ------------------------------------------------------------------------- family specifics
+    @abstractmethod
+    def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
+        """Load the family's Hugging Face model."""
+
+    @abstractmethod
+    def logits_and_labels(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the aligned labels (-100 where no loss) for one batch."""
+
+    @abstractmethod
+    def generate_ids(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Generated summary token ids (continuation only, padded with the pad id) for one batch."""
+
+    # ------------------------------------------------------------------------------ validation
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        limit = self.position_limit()
+        length = datamodule.encoder_max_len + (datamodule.decoder_max_len if self.decoder_only else 0)
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"data.encoder_max_len={datamodule.encoder_max_len}"
+                + (f" + data.decoder_max_len={datamodule.decoder_max_len}" if self.decoder_only else "")
+                + f" exceeds the model's position limit {limit} ({self.hparams.pretrained}); lower it"
+            )
+
+    def position_limit(self) -> int | None:
+        """Longest input the model's position embeddings allow, or None when unbounded (T5)."""
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                return value
+        return None
+
+    def generation_config(self) -> GenerationConfig:
+        """The model's generation config with this run's decoding settings applied."""
+        config = GenerationConfig.from_model_config(self.model.config)
+        base = getattr(self.model, "generation_config", None)
+        if base is not None:
+            config = GenerationConfig(**base.to_dict())
+        config.update(**self.generation.generate_kwargs())
+        if config.pad_token_id is None:
+            config.pad_token_id = self.tokenizer.pad_token_id
+        if config.eos_token_id is None:
+            config.eos_token_id = self.tokenizer.eos_token_id
+        return config
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        logits, labels = self.logits_and_labels(batch)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=-100,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        return loss
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """Generated ids to clean summaries: special tokens and `remove_tokens` gone, masks kept."""
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
+        drop = [t for t in self.tokenizer.all_special_tokens if not re.fullmatch(r"#\w+#", t)]
+        drop += self.remove_tokens
+        cleaned = []
+        for text in texts:
+            for token in drop:
+                text = text.replace(token, " ")
+            cleaned.append(re.sub(r"[ \t]+", " ", text).strip())
+        return cleaned
+
+    def _evaluate(self, batch: dict[str, Any], prefix: str, rouge: KoreanRouge, gen_len: MeanMetric) -> None:
+        size = len(batch["index"])
+        self.log(f"{prefix}/loss", self.loss(batch), sync_dist=True, batch_size=size)
+        generated = self.generate_ids(batch)
+        lengths = (generated != self.tokenizer.pad_token_id).sum(dim=1).float()
+        gen_len.update(lengths)
+        rouge.update(self.decode(generated), batch["references"], batch["index"])
+
+    def _log_rouge(self, prefix: str, rouge: KoreanRouge, gen_len: MeanMetric) -> dict[str, float]:
+        scores = rouge.compute()
+        values = {f"{prefix}/{k}": float(scores[k]) for k in ROUGE_KEYS}
+        values[f"{prefix}/gen_len"] = float(gen_len.compute())
+        rouge.reset()
+        gen_len.reset()
+        # Already synced across ranks by the metrics: every rank logs the same number.
+        for name, value in values.items():
+            self.log(name, value, prog_bar=name.endswith("rouge_mean"))
+        return values
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_rouge, self.val_gen_len)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            # Sanity batches are a subset: they must not become the best score.
+            self.val_rouge.reset()
+            self.val_gen_len.reset()
+            return
+        values = self._log_rouge("val", self.val_rouge, self.val_gen_len)
+        self.val_rouge_best.update(torch.tensor(values["val/rouge_mean"]))
+        self.log("val/rouge_mean_best", self.val_rouge_best.compute())
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_rouge, self.test_gen_len)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_rouge("test", self.test_rouge, self.test_gen_len)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, str, str]]:
+        summaries = self.decode(self.generate_ids(batch))
+        return list(zip(batch["index"].tolist(), batch["fname"], summaries))
+
+    # ------------------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "adafactor":
+            optimizer = Adafactor(groups, lr=hp.learning_rate, scale_parameter=False, relative_step=False,
+                                  warmup_init=False)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_scheduler(
+            "constant_with_warmup" if hp.lr_scheduler == "constant" else hp.lr_scheduler,
+            optimizer,
+            num_warmup_steps=int(hp.warmup_ratio * total),
+            num_training_steps=total,
+            scheduler_specific_kwargs={"num_cycles": hp.num_cycles} if hp.lr_scheduler == "cosine_with_restarts" else None,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------- export
+    def export(self, directory: str | Path) -> Path:
+        """Save model, tokenizer and generation config with ``save_pretrained`` into ``directory``."""
+        directory = Path(directory)
+        self.model.generation_config = self.generation_config()
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
