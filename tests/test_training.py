@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dsum.cli import DsumCLI
@@ -101,3 +102,19 @@ def test_tiny_bart_learns_on_the_sample(tiny_models, tmp_path) -> None:
     assert before < 5.0, before
     assert after > before + 10.0, (before, after)
     assert fit.trainer.callback_metrics["val/loss"].item() < 3.0
+
+
+def test_out_of_memory_is_recorded_with_a_hint(tiny_models, tmp_path, monkeypatch) -> None:
+    from dsum.models import Seq2SeqSummarizer
+
+    def boom(self, batch, batch_idx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Seq2SeqSummarizer, "training_step", boom)
+    run_dir = tmp_path / "oom"
+    with pytest.raises(torch.OutOfMemoryError):
+        run_cli("fit", *small_run("bart", tiny_models["bart"], run_dir), "--trainer.max_epochs=1")
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed"
+    assert "OutOfMemoryError" in record["history"][-1]["error"]
+    assert "lower data.max_tokens" in record["history"][-1]["hint"]
