@@ -497,7 +497,48 @@ def _token_budget_search(opts: argparse.Namespace, DialogueBatchSampler: Any) ->
             low = middle + 1
     count = batches(high)
     return {"max_tokens": high, "batches": count, "length_grouped_batches": target,
-            "mean_examples_per_batch": len(src) / count}
+            "mean_examples_per_batch": len(src) / count, "_lengths": (src, tgt)}
+
+
+def padding_free_bound(results: dict[str, dict[str, Any]], src: list[int], tgt: list[int],
+                       warmup: int) -> dict[str, Any] | None:
+    """How fast the epoch would be with no padding at all, from a step-time model fitted to every step.
+
+    ``seconds = k0 + k1 * encoder positions + k2 * decoder positions + k3 * n * encoder length**2``
+    (per step; the last term is self-attention). Evaluated at the examples' true lengths, it bounds
+    what any batching can reach at equal work, so a target above ``bound_ratios`` needs less work per
+    example (precision, kernels), not better batching.
+    """
+    import numpy as np
+
+    features, seconds, modeled = [], [], {}
+    for name, r in results.items():
+        n = np.array(r["step_examples"], float)
+        enc = np.array(r["step_encoder_positions"], float)
+        dec = np.array(r["step_decoder_positions"], float)
+        x = np.stack([np.ones_like(n), enc, dec, enc * enc / n], axis=1)
+        skip = r["warmup_steps_excluded"]
+        features.append(x[skip:])
+        seconds.append(np.array(r["step_seconds"])[skip:])
+        modeled[name] = x
+    x_all, y_all = np.concatenate(features), np.concatenate(seconds)
+    if len(y_all) < 8:
+        return None
+    coef, *_ = np.linalg.lstsq(x_all, y_all, rcond=None)
+    r2 = 1 - float(((y_all - x_all @ coef) ** 2).sum() / ((y_all - y_all.mean()) ** 2).sum())
+    s, t = np.array(src, float), np.array(tgt, float)
+    steps = min(r["steps"] for r in results.values())
+    ideal = float(steps * coef[0] + coef[1] * s.sum() + coef[2] * t.sum() + coef[3] * (s * s).sum())
+    epochs = {name: float((x @ coef).sum()) for name, x in modeled.items()}
+    return {
+        "coefficients": {"per_step_s": coef[0], "per_encoder_position_s": coef[1],
+                         "per_decoder_position_s": coef[2], "per_n_len2_s": coef[3]},
+        "r2": r2,
+        "padding_free_epoch_s": ideal,
+        "modeled_epoch_s": epochs,
+        # Ratio of each variant's modeled epoch to the padding-free one: the best possible a/x.
+        "bound_ratios": {name: e / ideal for name, e in epochs.items()},
+    }
 
 
 def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extra: list[str]) -> dict[str, Any]:
@@ -642,6 +683,8 @@ def parent_main(opts: argparse.Namespace) -> None:
         for proto in opts.proto:
             variants += [f"{v}+{proto}" for v in opts.variants if v.startswith("a/")]
         budgets = {proto: token_budget_for(opts, proto.split("+")) for proto in ["", *opts.proto]}
+        for b in budgets.values():
+            lengths = b.pop("_lengths")
         budget = budgets[""]
         report["token_budget"] = budget
         trials: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -653,6 +696,7 @@ def parent_main(opts: argparse.Namespace) -> None:
                 trials[variant].append(run_child(opts, variant, opts.model, "", extra))
         results = {v: best_trial(ts) for v, ts in trials.items()}
         report["variants"] = results
+        report["padding_free"] = padding_free_bound(results, *lengths, opts.warmup_steps)
 
         if not opts.skip_startup:
             report["startup"] = startup_overhead(opts, opts.model, cuda)
@@ -690,6 +734,13 @@ def parent_main(opts: argparse.Namespace) -> None:
         a_row = next(n for n in large_rows if n.startswith("a/"))
         report["large_ratio_a_b"] = large_rows[a_row]["samples_per_s"] / large_rows["b/hf_dynamic"]["samples_per_s"]
         print(f"KoBART-sized: a/b={report['large_ratio_a_b']:.2f}x")
+    bound = report["padding_free"]
+    if bound and not cuda:
+        b = bound["bound_ratios"]
+        limits = " ".join(f"a/{k[0]}<={b[k]:.2f}x" for k in ("b/hf_dynamic", "c/hf_full_pad") if k in b)
+        print(f"padding-free bound (step-time model, R^2={bound['r2']:.3f}): {best} runs at "
+              f"{1 / b[best]:.0%} of the no-padding speed; with no padding at all {limits}")
+
     def ratios_for(row: str) -> dict[str, float]:
         return {key: results[row]["samples_per_s"] / results[name]["samples_per_s"]
                 for key, name in (("a/b", "b/hf_dynamic"), ("a/c", "c/hf_full_pad")) if name in results}
