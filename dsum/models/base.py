@@ -272,7 +272,11 @@ class SummarizerBase(L.LightningModule, ABC):
             optimizer = Adafactor(groups, lr=hp.learning_rate, scale_parameter=False, relative_step=False,
                                   warmup_init=False)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
+            try:
+                # The fused kernel (CPU and CUDA) does the whole update in one pass: HF v5's default too.
+                optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, fused=True)
+            except (RuntimeError, ValueError):
+                optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(
             "constant_with_warmup" if hp.lr_scheduler == "constant" else hp.lr_scheduler,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -121,6 +122,8 @@ class StepClock:
 
 def summarize_run(clock: StepClock, recorder: BatchRecorder, warmup: int, fit_seconds: float) -> dict[str, Any]:
     """Throughput with and without the first ``warmup`` steps, padding fractions, step counts."""
+    import torch
+
     steps = len(clock.step_ends)
     records = recorder.records[:steps]  # a trainer may have collated one batch ahead
     samples = [r[0] for r in records]
@@ -128,8 +131,6 @@ def summarize_run(clock: StepClock, recorder: BatchRecorder, warmup: int, fit_se
     timed = clock.step_ends[-1] - (clock.step_ends[skip - 1] if skip else clock.start)
     enc_total = sum(r[1] for r in records)
     dec_total = sum(r[3] for r in records)
-    import torch
-
     ends = [clock.start, *clock.step_ends]
     return {
         "steps": steps,
@@ -148,7 +149,7 @@ def summarize_run(clock: StepClock, recorder: BatchRecorder, warmup: int, fit_se
         # cores during the measurement (with several threads, one starved thread stalls them all).
         "cpu_utilisation": (clock.cpu_end - clock.cpu_start) / (clock.step_ends[-1] - clock.start)
         / torch.get_num_threads(),
-        "step_seconds": [round(b - a, 4) for a, b in zip(ends, ends[1:])],
+        "step_seconds": [round(b - a, 4) for a, b in itertools.pairwise(ends)],
         "step_examples": samples,
         "step_encoder_positions": [r[1] for r in records],
         "step_decoder_positions": [r[3] for r in records],
@@ -211,6 +212,7 @@ PROTOTYPES = {
     "fused_adamw": "torch.optim.AdamW(..., fused=True): one fused kernel instead of a per-tensor loop",
     "lm_head_gather": "LM head and loss only at decoder positions with a label (BART), not at padding",
     "enc_sort": "length grouping sorted by encoder length first (ties by decoder length), not by the sum",
+    "bucket2d": "sort by encoder length, then by decoder length within runs of 2 batches (both paddings low)",
 }
 
 
@@ -239,6 +241,16 @@ def apply_prototypes(names: list[str]) -> None:
             return indices[np.argsort(-keys, kind="stable")]
 
         DialogueBatchSampler._length_order = encoder_first
+    if "bucket2d" in names:
+        from dsum.data.batching import DialogueBatchSampler
+
+        def two_level(self: Any, indices: Any) -> Any:
+            order = indices[np.argsort(-self.source_lengths[indices], kind="stable")]
+            run = 2 * self.batch_size
+            parts = [order[i : i + run] for i in range(0, len(order), run)]
+            return np.concatenate([p[np.argsort(-self.target_lengths[p], kind="stable")] for p in parts])
+
+        DialogueBatchSampler._length_order = two_level
 
 
 def summarizer_class(names: list[str]) -> Any:
@@ -367,7 +379,12 @@ def run_hf(opts: argparse.Namespace) -> dict[str, Any]:
     """Variants b (run_summarization style) and c (the original baseline's whole-set padding)."""
     import torch
     from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback, default_data_collator
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        TrainerCallback,
+        default_data_collator,
+    )
 
     cuda = torch.cuda.is_available() and not opts.cpu
     tokenizer, dialogues, summaries, dsum_features = _hf_texts(opts)
@@ -458,7 +475,7 @@ def build_model(csv: str, out: Path, sizes: dict[str, int]) -> str:
     return str(path)
 
 
-def token_budget_for(opts: argparse.Namespace, protos: list[str] = []) -> dict[str, Any]:
+def token_budget_for(opts: argparse.Namespace, protos: tuple[str, ...] = ()) -> dict[str, Any]:
     """The smallest ``max_tokens`` whose token-budget batches are no more than ``ceil(N / batch_size)``.
 
     Equal step counts mean equal average examples per step, so both dsum batchings do the same work.
@@ -468,7 +485,7 @@ def token_budget_for(opts: argparse.Namespace, protos: list[str] = []) -> dict[s
     from dsum.data.batching import DialogueBatchSampler
 
     saved = DialogueBatchSampler._length_order, torch.optim.AdamW
-    apply_prototypes(protos)  # batch order may depend on them; undone below
+    apply_prototypes(list(protos))  # batch order may depend on them; undone below
     try:
         return _token_budget_search(opts, DialogueBatchSampler)
     finally:
@@ -500,8 +517,7 @@ def _token_budget_search(opts: argparse.Namespace, DialogueBatchSampler: Any) ->
             "mean_examples_per_batch": len(src) / count, "_lengths": (src, tgt)}
 
 
-def padding_free_bound(results: dict[str, dict[str, Any]], src: list[int], tgt: list[int],
-                       warmup: int) -> dict[str, Any] | None:
+def padding_free_bound(results: dict[str, dict[str, Any]], src: list[int], tgt: list[int]) -> dict[str, Any] | None:
     """How fast the epoch would be with no padding at all, from a step-time model fitted to every step.
 
     ``seconds = k0 + k1 * encoder positions + k2 * decoder positions + k3 * n * encoder length**2``
@@ -512,6 +528,8 @@ def padding_free_bound(results: dict[str, dict[str, Any]], src: list[int], tgt: 
     import numpy as np
 
     features, seconds, modeled = [], [], {}
+    # Prototype rows change the cost per position; the model describes the product code only.
+    results = {name: r for name, r in results.items() if "+" not in name}
     for name, r in results.items():
         n = np.array(r["step_examples"], float)
         enc = np.array(r["step_encoder_positions"], float)
@@ -554,7 +572,8 @@ def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extr
         cmd += ["--profile", opts.profile]
     print(f"-- {variant}{tag} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    done = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, capture_output=not opts.verbose, text=True)
+    done = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, capture_output=not opts.verbose, text=True,
+                          check=False)
     if done.returncode != 0:
         tail = (done.stderr or "")[-4000:] if not opts.verbose else ""
         raise SystemExit(f"variant {variant}{tag} failed (exit {done.returncode}):\n{tail}")
@@ -588,7 +607,8 @@ def startup_overhead(opts: argparse.Namespace, model: str, cuda: bool) -> dict[s
             ]
             print(f"-- startup ({label}) ...", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            done = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True)
+            done = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True,
+                                  check=False)
             wall = time.perf_counter() - started
             if done.returncode != 0:
                 raise SystemExit(f"main.py fit ({label}) failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
@@ -602,14 +622,14 @@ def startup_overhead(opts: argparse.Namespace, model: str, cuda: bool) -> dict[s
 
 
 def environment() -> dict[str, Any]:
+    import lightning
     import torch
     import transformers
 
-    import lightning
-
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {
@@ -634,6 +654,9 @@ def print_table(title: str, results: dict[str, dict[str, Any]]) -> None:
               f"{r['encoder_padding_fraction']:>8.1%} {r['decoder_padding_fraction']:>8.1%} "
               f"{r['peak_rss_mb']:>11.0f} {r['steps']:>5} {r['mean_examples_per_step']:>7.1f} "
               f"{r['cpu_utilisation']:>5.0%}{gpu}")
+    differ = [n for n, r in results.items() if r.get("tokenization_matches_dsum") is False]
+    if differ:
+        print(f"WARNING: {', '.join(differ)}: HF tokenization differs from dsum's; the work is not equal")
     starved = [n for n, r in results.items() if "peak_gpu_mb" not in r and r["cpu_utilisation"] < 0.8]
     if starved:
         print(f"WARNING: {', '.join(starved)} got under 80% of its CPU threads' time: other processes were "
@@ -682,13 +705,14 @@ def parent_main(opts: argparse.Namespace) -> None:
         variants = list(opts.variants)
         for proto in opts.proto:
             variants += [f"{v}+{proto}" for v in opts.variants if v.startswith("a/")]
-        budgets = {proto: token_budget_for(opts, proto.split("+")) for proto in ["", *opts.proto]}
-        for b in budgets.values():
-            lengths = b.pop("_lengths")
+        budgets = {proto: token_budget_for(opts, tuple(proto.split("+"))) for proto in ["", *opts.proto]}
+        lengths = budgets[""]["_lengths"]
+        for found in budgets.values():
+            found.pop("_lengths")
         budget = budgets[""]
         report["token_budget"] = budget
         trials: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-        for repeat in range(opts.repeats):
+        for _ in range(opts.repeats):
             for variant in variants:  # interleaved, so a slow spell on the machine hits all variants
                 _, name, protos = split_variant(variant)
                 extra = (["--max-tokens", str(budgets["+".join(protos)]["max_tokens"])]
@@ -696,7 +720,7 @@ def parent_main(opts: argparse.Namespace) -> None:
                 trials[variant].append(run_child(opts, variant, opts.model, "", extra))
         results = {v: best_trial(ts) for v, ts in trials.items()}
         report["variants"] = results
-        report["padding_free"] = padding_free_bound(results, *lengths, opts.warmup_steps)
+        report["padding_free"] = padding_free_bound(results, *lengths)
 
         if not opts.skip_startup:
             report["startup"] = startup_overhead(opts, opts.model, cuda)
@@ -709,7 +733,7 @@ def parent_main(opts: argparse.Namespace) -> None:
             dsum_row = best_dsum(results)  # the tiny model's faster dsum batching
             extra = ["--max-tokens", str(large_budget["max_tokens"])] if dsum_row == "a/token_budget" else []
             large_trials: dict[str, list[dict[str, Any]]] = {dsum_row: [], "b/hf_dynamic": []}
-            for repeat in range(opts.repeats):
+            for _ in range(opts.repeats):
                 for variant, runs in large_trials.items():
                     runs.append(run_child(large_opts, variant, large, "-kobart", extra if variant == dsum_row else []))
             report["large"] = {v: best_trial(ts) for v, ts in large_trials.items()}
