@@ -346,6 +346,7 @@ class DialogueDataModule(L.LightningDataModule):
             seed=self.seed,
             num_replicas=world_size,
             rank=rank,
+            concatenated=self.decoder_only,
         )
         keep = ["index", "input_ids"] + (["labels"] if "labels" in features.column_names else [])
         return DataLoader(

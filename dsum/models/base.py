@@ -149,7 +149,9 @@ class SummarizerBase(L.LightningModule, ABC):
 
     @abstractmethod
     def logits_and_labels(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the aligned labels (-100 where no loss) for one batch."""
+        """Logits and the aligned labels for one batch: either ``(positions, vocab)`` logits computed only at
+        labelled positions (see :func:`dsum.models.heads.output_head_only_at`) with their labels, or
+        ``(batch, length, vocab)`` logits with labels that are -100 where there is no loss."""
 
     @abstractmethod
     def generate_ids(self, batch: dict[str, Any]) -> torch.Tensor:

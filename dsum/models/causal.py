@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from dsum.models.base import SummarizerBase
+from dsum.models.heads import check_gathered, output_head_only_at
 
 
 class CausalLMSummarizer(SummarizerBase):
@@ -48,8 +49,14 @@ class CausalLMSummarizer(SummarizerBase):
             input_ids[i, : len(seq)] = seq
             attention[i, : len(seq)] = 1
             labels[i, len(prompt) : len(seq)] = target
-        logits = self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
-        # Position t predicts token t+1.
+        # Position t predicts token t+1, so the head runs only where the next token is a summary token:
+        # not over the prompt (most of the sequence) and not over padding.
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        with output_head_only_at(self.model, keep) as gathered:
+            logits = self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+        if gathered:
+            return check_gathered(logits, keep, self.model), labels[:, 1:][keep[:, :-1]]
         return logits[:, :-1], labels[:, 1:]
 
     def generate_ids(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
 from dsum.models.base import SummarizerBase
+from dsum.models.heads import check_gathered, output_head_only_at
 
 
 class Seq2SeqSummarizer(SummarizerBase):
@@ -33,12 +34,17 @@ class Seq2SeqSummarizer(SummarizerBase):
     def logits_and_labels(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
         decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
-        out = self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=decoder_input_ids,
-            use_cache=False,
-        )
+        keep = labels != -100
+        # The LM head and the loss run only at summary tokens, not at the batch's label padding.
+        with output_head_only_at(self.model, keep) as gathered:
+            out = self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=decoder_input_ids,
+                use_cache=False,
+            )
+        if gathered:
+            return check_gathered(out.logits, keep, self.model), labels[keep]
         return out.logits, labels
 
     def generate_ids(self, batch: dict[str, Any]) -> torch.Tensor:
