@@ -398,15 +398,15 @@ def build_model(csv: str, out: Path, sizes: dict[str, int], embedding_rows: int 
 
     hf_logging.disable_progress_bar()
     path = build_tiny_model("bart", out, [csv], **sizes)
-    model = AutoModelForSeq2SeqLM.from_pretrained(path)
-    if model.get_input_embeddings().num_embeddings < embedding_rows:
+    if _vocab_rows(path) < embedding_rows:
+        model = AutoModelForSeq2SeqLM.from_pretrained(path)
         model.resize_token_embeddings(embedding_rows, mean_resizing=False)
         model.save_pretrained(path)
     return str(path)
 
 
-def _vocab_rows(model: str) -> int:
-    """Rows of a saved model's input embeddings (its ``config.vocab_size``)."""
+def _vocab_rows(model: str | Path) -> int:
+    """Rows of a saved model's input embeddings and LM head (its ``config.vocab_size``)."""
     return int(json.loads((Path(model) / "config.json").read_text())["vocab_size"])
 
 
@@ -638,7 +638,7 @@ def parent_main(opts: argparse.Namespace) -> None:
             sizes = {**TINY, "vocab_size": opts.vocab_size}
             print(f"-- building tiny BART {sizes} ...", file=sys.stderr, flush=True)
             opts.model = build_model(opts.csv, Path(tmp) / "tiny_bart", sizes, opts.embedding_rows)
-            rows = max(opts.embedding_rows, _vocab_rows(opts.model))
+            rows = _vocab_rows(opts.model)  # after any padding to --embedding-rows
             report["settings"]["model"] = "tiny BART " + json.dumps({**sizes, "embedding_rows": rows})
         else:
             report["settings"]["model"] = opts.model
