@@ -1,4 +1,4 @@
-"""Korean-aware ROUGE: tokenizers, a one-shot scorer and a DDP-synced torchmetrics ``Metric``.
+"""Korean-aware ROUGE (tokenizers, a one-shot scorer, a DDP-synced ``Metric``) and a de-duplicated mean.
 
 Scores follow rouge-score's algorithm (``RougeScorer`` with ``rouge1``, ``rouge2``, ``rougeL``): F1 per
 example, then the plain mean over examples. What differs is the tokenizer. rouge-score's default one
@@ -255,26 +255,95 @@ class KoreanRouge(Metric):
                 raise ValueError(f"Got {index.size} indices for {len(preds)} predictions; need one per example.")
             if (index < 0).any():
                 raise ValueError(f"Dataset indices must be >= 0; got {index.min():g}.")
-        # MPS has no float64; the state is small and only read on the host.
-        device = self.device if self.device.type != "mps" else torch.device("cpu")
+        device = _state_device(self)
         self.indices.append(torch.as_tensor(index, dtype=torch.float64, device=device))
         for column, rouge_type in enumerate(ROUGE_TYPES):
             state = getattr(self, rouge_type)
             state.append(torch.as_tensor(scores[:, column], dtype=torch.float64, device=device))
 
     def _rows(self) -> tuple[np.ndarray, np.ndarray]:
-        def flat(state: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
-            if isinstance(state, list):
-                state = torch.cat(state) if state else torch.zeros(0, dtype=torch.float64)
-            return state.detach().cpu().double().numpy().reshape(-1)
-
-        index = flat(self.indices)
-        scores = np.stack([flat(getattr(self, t)) for t in ROUGE_TYPES], axis=1)
+        index = _state_array(self.indices)
+        scores = np.stack([_state_array(getattr(self, t)) for t in ROUGE_TYPES], axis=1)
         return index, scores
 
     def compute(self) -> dict[str, float | int]:
         index, scores = self._rows()
-        anonymous = index < 0
-        _, first = np.unique(index[~anonymous], return_index=True)
-        keep = np.concatenate([np.flatnonzero(~anonymous)[first], np.flatnonzero(anonymous)])
-        return summarize(scores[np.sort(keep)])
+        return summarize(scores[first_of_each_index(index)])
+
+
+class PooledMean(Metric):
+    """``sum(totals) / sum(counts)`` over examples, synced across DDP ranks, each dataset index counted once.
+
+    Evaluation batches are padded with repeated examples so that every DDP rank runs the same number of
+    steps; a plain ``MeanMetric`` would count those twice. Here every update brings one row per example,
+    ``(index, total, count)``, gathered with ``cat``; ``compute`` keeps the first row of each index.
+
+    - Per-token mean loss: ``totals`` = summed token losses of each example, ``counts`` = its tokens.
+      The result does not depend on how examples were batched.
+    - Per-example mean (e.g. generated length): ``counts`` = 1 (the default).
+
+    ``compute`` returns a Python float, NaN when no counts were seen.
+
+    Args:
+        kwargs: Passed to ``torchmetrics.Metric``.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for state in ("indices", "totals", "counts"):
+            self.add_state(state, default=[], dist_reduce_fx="cat")
+        self.set_dtype(torch.float64)
+
+    def update(
+        self,
+        totals: torch.Tensor,
+        indices: torch.Tensor | Sequence[int],
+        counts: torch.Tensor | None = None,
+    ) -> None:
+        """Add one row per example.
+
+        Args:
+            totals: Per example, the quantity to average (shape ``(n,)``).
+            indices: Dataset index of each example (``>= 0``); repeats across updates and ranks count once.
+            counts: Per example, what ``totals`` is a sum over (e.g. tokens); ones when omitted.
+        """
+        totals = totals.detach().reshape(-1)
+        index = torch.as_tensor(indices).detach().reshape(-1)
+        counts = torch.ones_like(totals) if counts is None else counts.detach().reshape(-1)
+        if not len(index) == len(totals) == len(counts):
+            raise ValueError(
+                f"PooledMean needs one index, total and count per example; got {len(index)} indices, "
+                f"{len(totals)} totals and {len(counts)} counts"
+            )
+        if len(index) and int(index.min()) < 0:
+            raise ValueError(f"Dataset indices must be >= 0; got {int(index.min())}.")
+        device = _state_device(self)
+        for state, values in (("indices", index), ("totals", totals), ("counts", counts)):
+            getattr(self, state).append(values.to(device=device, dtype=torch.float64))
+
+    def compute(self) -> float:
+        keep = first_of_each_index(_state_array(self.indices))
+        count = _state_array(self.counts)[keep].sum()
+        return float(_state_array(self.totals)[keep].sum() / count) if count > 0 else float("nan")
+
+
+def first_of_each_index(index: np.ndarray) -> np.ndarray:
+    """Row positions to keep, in order: the first row of every index ``>= 0`` and every row with index ``< 0``."""
+    anonymous = index < 0
+    _, first = np.unique(index[~anonymous], return_index=True)
+    return np.sort(np.concatenate([np.flatnonzero(~anonymous)[first], np.flatnonzero(anonymous)]))
+
+
+def _state_array(state: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
+    """A ``cat`` state (a list before syncing, a tensor after) as a flat float64 array."""
+    if isinstance(state, list):
+        state = torch.cat(state) if state else torch.zeros(0, dtype=torch.float64)
+    return state.detach().cpu().double().numpy().reshape(-1)
+
+
+def _state_device(metric: Metric) -> torch.device:
+    """Where a float64 state can live: MPS has no float64, and these states are small and read on the host."""
+    return metric.device if metric.device.type != "mps" else torch.device("cpu")

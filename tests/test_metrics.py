@@ -1,9 +1,11 @@
-"""Korean-aware ROUGE: tokenizers, agreement with rouge-score, multi-reference max, de-duplication, DDP sync."""
+"""Korean-aware ROUGE (tokenizers, agreement with rouge-score, multi-reference max) and PooledMean:
+de-duplication and DDP sync."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import pickle
 import unicodedata
 from pathlib import Path
@@ -18,6 +20,7 @@ from dsum.metrics import (
     ROUGE_TYPES,
     KoreanRouge,
     MorphemeTokenizer,
+    PooledMean,
     WhitespaceTokenizer,
     get_tokenizer,
     rouge_scores,
@@ -198,6 +201,49 @@ def test_metric_pickles() -> None:
     assert clone.compute() == metric.compute()
 
 
+# --- PooledMean: loss per token and length per example, each example once --------------------------
+
+# Per example: summed token losses and token counts (example 4 has one long summary).
+TOTALS = [2.0, 3.0, 1.0, 4.0, 30.0]
+COUNTS = [2, 1, 1, 4, 10]
+
+
+def test_pooled_mean_is_a_ratio_of_sums_with_duplicates_counted_once() -> None:
+    metric = PooledMean()
+    metric.update(torch.tensor(TOTALS[:3]), [0, 1, 2], torch.tensor(COUNTS[:3]))
+    metric.update(torch.tensor(TOTALS[3:]), torch.tensor([3, 4]), torch.tensor(COUNTS[3:]))
+    metric.update(torch.tensor([100.0]), [0], torch.tensor([1]))  # a padded repeat of example 0: ignored
+    assert metric.compute() == pytest.approx(sum(TOTALS) / sum(COUNTS))  # 40 / 18, not the mean of ratios
+
+
+def test_pooled_mean_without_counts_is_the_mean_per_example() -> None:
+    metric = PooledMean()
+    metric.update(torch.tensor([10, 20]), [5, 6])
+    metric.update(torch.tensor([99]), [5])
+    assert metric.compute() == pytest.approx(15.0)
+
+
+def test_pooled_mean_empty_is_nan_and_reset_clears() -> None:
+    metric = PooledMean()
+    metric.update(torch.tensor([1.0]), [0])
+    metric.reset()
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert math.isnan(metric.compute())
+
+
+@pytest.mark.parametrize(
+    ("totals", "indices", "counts", "message"),
+    [
+        ([1.0, 2.0], [0], None, "got 1 indices, 2 totals and 2 counts"),
+        ([1.0], [0], [1, 2], "got 1 indices, 1 totals and 2 counts"),
+        ([1.0], [-1], None, ">= 0; got -1"),
+    ],
+)
+def test_pooled_mean_rejects_misaligned_inputs(totals, indices, counts, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        PooledMean().update(torch.tensor(totals), indices, None if counts is None else torch.tensor(counts))
+
+
 # --- DDP: shards with a padded duplicate --------------------------------------------------------------
 
 # Dataset indices per rank, as a DistributedSampler pads 5 examples to 2 x 3: example 0 appears twice.
@@ -209,6 +255,11 @@ def _shard_update(metric: KoreanRouge, rank: int) -> None:
     metric.update([PREDS[i] for i in index], [REFS[i] for i in index], torch.tensor(index))
 
 
+def _pooled_shard_update(metric: PooledMean, rank: int) -> None:
+    index = SHARDS[rank]
+    metric.update(torch.tensor([TOTALS[i] for i in index]), torch.tensor(index), torch.tensor([COUNTS[i] for i in index]))
+
+
 def test_merge_state_equals_single_instance() -> None:
     single = KoreanRouge()
     single.update(PREDS, REFS, torch.arange(len(PREDS)))
@@ -217,6 +268,12 @@ def test_merge_state_equals_single_instance() -> None:
     _shard_update(rank1, 1)
     rank0.merge_state(rank1)
     assert rank0.compute() == pytest.approx(single.compute(), abs=1e-12)
+
+    pooled0, pooled1 = PooledMean(), PooledMean()
+    _pooled_shard_update(pooled0, 0)
+    _pooled_shard_update(pooled1, 1)
+    pooled0.merge_state(pooled1)
+    assert pooled0.compute() == pytest.approx(sum(TOTALS) / sum(COUNTS), abs=1e-12)
 
 
 def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
@@ -228,7 +285,13 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
         lopsided = KoreanRouge()
         if rank == 0:
             lopsided.update(PREDS, REFS, torch.arange(len(PREDS)))
-        results = {"padded": padded.compute(), "lopsided": lopsided.compute()}
+        pooled = PooledMean()
+        _pooled_shard_update(pooled, rank)
+        pooled_lopsided = PooledMean()
+        if rank == 1:
+            pooled_lopsided.update(torch.tensor(TOTALS), torch.arange(len(TOTALS)), torch.tensor(COUNTS))
+        results = {"padded": padded.compute(), "lopsided": lopsided.compute(),
+                   "pooled": pooled.compute(), "pooled_lopsided": pooled_lopsided.compute()}
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     finally:
         dist.destroy_process_group()
@@ -255,3 +318,4 @@ def test_two_gloo_ranks_match_single_instance(tmp_path: Path) -> None:
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert results["padded"] == pytest.approx(expected, abs=1e-12)
         assert results["lopsided"] == pytest.approx(expected, abs=1e-12)
+        assert results["pooled"] == results["pooled_lopsided"] == pytest.approx(sum(TOTALS) / sum(COUNTS), abs=1e-12)

@@ -96,3 +96,23 @@ def test_the_hook_is_removed_and_shape_mismatches_are_named(tiny_models, tmp_pat
     assert not head._forward_pre_hooks
     full = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
     assert full.logits.shape[:2] == batch["labels"].shape
+
+
+def one_example(batch: dict, i: int) -> dict:
+    return {key: value[i : i + 1] for key, value in batch.items()}
+
+
+@pytest.mark.parametrize("gathered", [True, False])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_example_losses_split_the_batch_loss_by_example(family, gathered, tiny_models, tmp_path, monkeypatch) -> None:
+    module, batch = first_batch(family, tiny_models[family], tmp_path, label_smoothing=0.1)
+    if not gathered:
+        monkeypatch.setattr(f"{type(module).__module__}.output_head_only_at", full_head)
+    with torch.no_grad():
+        totals, counts = module.example_losses(batch)
+        assert counts.tolist() == (batch["labels"] != -100).sum(dim=1).tolist()
+        assert (totals.sum() / counts.sum()).item() == pytest.approx(module.loss(batch).item(), rel=1e-5)
+        # Each row belongs to its own example: the same as that example's loss computed alone.
+        alone = [module.loss(one_example(batch, i)).item() for i in range(len(counts))]
+    assert (totals / counts).tolist() == pytest.approx(alone, rel=1e-4)
+    assert len(set(alone)) > 1  # distinct per-example losses, so a mix-up would show

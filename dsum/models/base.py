@@ -12,11 +12,11 @@ from typing import Any, Literal
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.optimization import Adafactor, get_scheduler
 
-from dsum.metrics import KoreanRouge
+from dsum.metrics import KoreanRouge, PooledMean
 from dsum.secrets import redact
 
 OptimizerName = Literal["adamw", "adafactor"]
@@ -60,6 +60,31 @@ class GenerationSettings:
             kwargs.pop("early_stopping")
             kwargs.pop("length_penalty")
         return kwargs
+
+
+class EvalMetrics(torch.nn.Module):
+    """One evaluation stage's metrics: ``loss`` (per summary token), ``gen_len`` (generated tokens per
+    example) and ``rouge`` (:class:`~dsum.metrics.KoreanRouge`), each de-duplicated by dataset index.
+
+    Args:
+        rouge_tokenizer: ROUGE tokenizer name (``whitespace`` or ``morpheme``).
+    """
+
+    def __init__(self, rouge_tokenizer: str) -> None:
+        super().__init__()
+        self.loss = PooledMean()
+        self.gen_len = PooledMean()
+        self.rouge = KoreanRouge(tokenizer=rouge_tokenizer)
+
+    def compute(self) -> dict[str, float]:
+        """``loss``, ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean`` and ``gen_len``, synced across ranks."""
+        scores = self.rouge.compute()
+        return {"loss": self.loss.compute(), **{k: float(scores[k]) for k in ROUGE_KEYS},
+                "gen_len": self.gen_len.compute()}
+
+    def reset(self) -> None:
+        for metric in (self.loss, self.gen_len, self.rouge):
+            metric.reset()
 
 
 class SummarizerBase(L.LightningModule, ABC):
@@ -119,11 +144,10 @@ class SummarizerBase(L.LightningModule, ABC):
             # The data's masks were added to the tokenizer; give them embedding rows.
             self.model.resize_token_embeddings(len(self.tokenizer))
         self.model.generation_config = self.generation_config()
-        self.val_rouge = KoreanRouge(tokenizer=rouge_tokenizer)
-        self.test_rouge = KoreanRouge(tokenizer=rouge_tokenizer)
+        # Evaluation metrics per stage; each counts an example once, also when DDP repeats it on two ranks.
+        self.val_metrics = EvalMetrics(rouge_tokenizer)
+        self.test_metrics = EvalMetrics(rouge_tokenizer)
         self.val_rouge_best = MaxMetric()
-        self.val_gen_len = MeanMetric()
-        self.test_gen_len = MeanMetric()
 
     @staticmethod
     def _check_settings(learning_rate: float, weight_decay: float, warmup_ratio: float,
@@ -202,6 +226,29 @@ class SummarizerBase(L.LightningModule, ABC):
             label_smoothing=self.hparams.label_smoothing,
         )
 
+    def example_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: the summed token losses (as in :meth:`loss`) and the number of summary tokens.
+
+        ``totals.sum() / counts.sum()`` equals :meth:`loss` of the batch.
+        """
+        logits, labels = self.logits_and_labels(batch)
+        token_losses = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=-100,
+            label_smoothing=self.hparams.label_smoothing,
+            reduction="none",
+        )
+        counts = (batch["labels"] != -100).sum(dim=1)
+        if labels.ndim == 1:  # gathered head: one row per summary token, examples in order
+            if int(counts.sum()) != labels.numel():
+                raise RuntimeError(f"{labels.numel()} gathered label rows for {int(counts.sum())} summary tokens")
+            owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+            totals = token_losses.new_zeros(len(counts)).index_add_(0, owner, token_losses)
+        else:
+            totals = token_losses.view(labels.shape).sum(dim=1)
+        return totals, counts
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
@@ -219,43 +266,38 @@ class SummarizerBase(L.LightningModule, ABC):
             cleaned.append(re.sub(r"[ \t]+", " ", text).strip())
         return cleaned
 
-    def _evaluate(self, batch: dict[str, Any], prefix: str, rouge: KoreanRouge, gen_len: MeanMetric) -> None:
-        size = len(batch["index"])
-        self.log(f"{prefix}/loss", self.loss(batch), sync_dist=True, batch_size=size)
+    def _evaluate(self, batch: dict[str, Any], metrics: EvalMetrics) -> None:
+        totals, counts = self.example_losses(batch)
+        metrics.loss.update(totals, batch["index"], counts)
         generated = self.generate_ids(batch)
-        lengths = (generated != self.tokenizer.pad_token_id).sum(dim=1).float()
-        gen_len.update(lengths)
-        rouge.update(self.decode(generated), batch["references"], batch["index"])
+        metrics.gen_len.update((generated != self.tokenizer.pad_token_id).sum(dim=1), batch["index"])
+        metrics.rouge.update(self.decode(generated), batch["references"], batch["index"])
 
-    def _log_rouge(self, prefix: str, rouge: KoreanRouge, gen_len: MeanMetric) -> dict[str, float]:
-        scores = rouge.compute()
-        values = {f"{prefix}/{k}": float(scores[k]) for k in ROUGE_KEYS}
-        values[f"{prefix}/gen_len"] = float(gen_len.compute())
-        rouge.reset()
-        gen_len.reset()
+    def _log_eval(self, prefix: str, metrics: EvalMetrics) -> dict[str, float]:
+        values = {f"{prefix}/{name}": value for name, value in metrics.compute().items()}
+        metrics.reset()
         # Already synced across ranks by the metrics: every rank logs the same number.
         for name, value in values.items():
             self.log(name, value, prog_bar=name.endswith("rouge_mean"))
         return values
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_rouge, self.val_gen_len)
+        self._evaluate(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             # Sanity batches are a subset: they must not become the best score.
-            self.val_rouge.reset()
-            self.val_gen_len.reset()
+            self.val_metrics.reset()
             return
-        values = self._log_rouge("val", self.val_rouge, self.val_gen_len)
+        values = self._log_eval("val", self.val_metrics)
         self.val_rouge_best.update(torch.tensor(values["val/rouge_mean"]))
         self.log("val/rouge_mean_best", self.val_rouge_best.compute())
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_rouge, self.test_gen_len)
+        self._evaluate(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self._log_rouge("test", self.test_rouge, self.test_gen_len)
+        self._log_eval("test", self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, str, str]]:
         summaries = self.decode(self.generate_ids(batch))
