@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dsum.data.io import reference_columns
 from dsum.metrics import TOKENIZERS, rouge_scores
 
 MAX_LISTED = 5
@@ -66,14 +67,10 @@ def _read_table(path: Path, required: Sequence[str], what: str) -> pd.DataFrame:
 def read_gold(path: Path) -> dict[str, list[str]]:
     """fname -> references (``summary``, then ``summary1``, ``summary2``, ... where not empty), in file order."""
     frame = _read_table(path, ["fname", "summary"], "gold")
-    extra = sorted(
-        (c for c in frame.columns if c.startswith("summary") and c[len("summary") :].isdigit()),
-        key=lambda c: int(c[len("summary") :]),
-    )
     empty = [str(i + 1) for i, s in enumerate(frame["summary"].tolist()) if not s.strip()]
     if empty:
         raise ScoreError(f"{path}: empty 'summary' (the first reference) in data rows {_listing(empty)}.")
-    columns = ["summary", *extra]
+    columns = reference_columns(list(frame.columns))
     return {
         row["fname"]: [row[c] for c in columns if row[c].strip()]
         for row in frame[["fname", *columns]].to_dict("records")

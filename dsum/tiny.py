@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -110,6 +111,14 @@ def discover_masks(texts: Iterable[str], defaults: Sequence[str] = DEFAULT_MASKS
     return list(dict.fromkeys(defaults)) + sorted(found - set(defaults))
 
 
+def _frequent_characters(texts: Sequence[str], limit: int, required: Sequence[str]) -> list[str]:
+    """The ``limit`` characters the BPE trainer should keep: ``required`` first, then the most frequent
+    ones as the trainer counts them (spaces become the metaspace), ties broken by code point."""
+    counts = Counter(char for text in texts for char in text.replace(" ", _METASPACE))
+    ranked = sorted((c for c in counts if c not in required), key=lambda c: (-counts[c], c))
+    return list(required) + ranked[: max(0, limit - len(required))]
+
+
 def _train_backend(family: str, texts: list[str], masks: list[str], vocab_size: int) -> Tokenizer:
     named = list(dict.fromkeys(_SPECIALS[family].values()))
     specials = [AddedToken(t, special=True, normalized=False) for t in named + masks]
@@ -142,12 +151,15 @@ def _train_backend(family: str, texts: list[str], masks: list[str], vocab_size: 
             f"{len(_BYTE_TOKENS)} byte tokens, {len(specials)} special tokens and some pieces; use >= "
             f"{len(_BYTE_TOKENS) + len(specials) + 64}."
         )
+    # Rare characters fall back to byte tokens, so keep half the budget for merges.
+    alphabet = _frequent_characters(texts, max(2, (budget - len(specials)) // 2), required=["\n", _METASPACE])
     trainer = trainers.BpeTrainer(
         vocab_size=budget,
         special_tokens=specials,
-        initial_alphabet=["\n", _METASPACE],
-        # Rare characters fall back to byte tokens, so keep half the budget for merges.
-        limit_alphabet=max(2, (budget - len(specials)) // 2),
+        # The trainer's own limit_alphabet breaks ties in character counts by hash order, so two runs
+        # could keep different characters. Chosen here, the alphabet (and the tokenizer) is reproducible.
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from dsum.data import DialogueDataModule
@@ -114,6 +116,21 @@ def test_tokenized_cache_hit_then_invalidated(tiny_models, tmp_path) -> None:
         third.setup("fit")
         assert len(list(cache.glob("*.arrow"))) > len(files)
         files = sorted(p.name for p in cache.glob("*.arrow"))
+
+    # Same path, one dialogue edited: the file's content is the key, so the edit is tokenized.
+    edited = tmp_path / "train.csv"
+    edited.write_bytes((SAMPLE / "train.csv").read_bytes())
+    before = make(tiny_models, tmp_path, train_file=str(edited))
+    before.setup("fit")
+    frame = pd.read_csv(edited, dtype=str, keep_default_na=False)
+    frame.loc[0, "dialogue"] = "#Person1#: 완전히 새로운 대화입니다."
+    frame.to_csv(edited, index=False)
+    after = make(tiny_models, tmp_path, train_file=str(edited))
+    after.setup("fit")
+    assert after.splits["train"].table.sha256 == hashlib.sha256(edited.read_bytes()).hexdigest()
+    assert after.splits["train"].table.sha256 != before.splits["train"].table.sha256
+    assert after.splits["train"].features["input_ids"][0] != before.splits["train"].features["input_ids"][0]
+    assert after.splits["train"].features["input_ids"][1:] == before.splits["train"].features["input_ids"][1:]
 
 
 def test_val_subset_is_fixed(tiny_models, tmp_path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -222,7 +221,7 @@ class DialogueDataModule(L.LightningDataModule):
         data = self.splits[split]
         parts = {
             "version": CACHE_FORMAT_VERSION,
-            "file_sha256": hashlib.sha256(data.table.path.read_bytes()).hexdigest(),
+            "file_sha256": data.table.sha256,
             "tokenizer": Hasher.hash(self.tokenizer),
             "encoder_max_len": self.encoder_max_len,
             "decoder_max_len": self.decoder_max_len,

@@ -7,6 +7,8 @@ Rows are never dropped silently: bad rows raise :class:`DataError`, or, when the
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ class DialogueTable:
         references: Per example, the reference summaries (``summary``, ``summary1``, ...); empty lists
             for an unlabelled split.
         skipped: How many rows were skipped under ``on_bad_rows="skip"``.
+        sha256: Hex SHA-256 of the bytes that were parsed (the tokenization cache's key).
     """
 
     path: Path
@@ -44,6 +47,7 @@ class DialogueTable:
     dialogues: list[str]
     references: list[list[str]]
     skipped: int = 0
+    sha256: str = ""
 
     @property
     def labelled(self) -> bool:
@@ -60,7 +64,8 @@ def _row_list(rows: list[int]) -> str:
     return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 
-def _read_frame(path: Path) -> pd.DataFrame:
+def _read_frame(path: Path) -> tuple[pd.DataFrame, str]:
+    """The CSV as strings, and the SHA-256 of the bytes parsed (the file is read once)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found. Check the data paths in your config (data.*_file).")
     raw = path.read_bytes()
@@ -77,14 +82,14 @@ def _read_frame(path: Path) -> pd.DataFrame:
     try:
         # Strings only, no NaN guessing: an empty cell is "" and is reported below, never dropped.
         frame = pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding="utf-8-sig", quoting=csv.QUOTE_MINIMAL
+            io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8-sig", quoting=csv.QUOTE_MINIMAL
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{path}: not a readable CSV ({err}).") from err
     # A leading unnamed index column, as in sample_submission.csv, carries no data.
     frame = frame.loc[:, [c for c in frame.columns if not str(c).startswith("Unnamed:")]]
     frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+    return frame, hashlib.sha256(raw).hexdigest()
 
 
 def reference_columns(columns: list[str]) -> list[str]:
@@ -109,7 +114,7 @@ def read_dialogue_csv(
             many were dropped. Missing columns and undecodable files always raise.
     """
     path = Path(path)
-    frame = _read_frame(path)
+    frame, sha256 = _read_frame(path)
     required = ["fname", "dialogue"] + (["summary"] if labelled else [])
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -154,4 +159,5 @@ def read_dialogue_csv(
         dialogues=frame["dialogue"].tolist(),
         references=references,
         skipped=len(bad),
+        sha256=sha256,
     )
