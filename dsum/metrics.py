@@ -206,7 +206,25 @@ def rouge_scores(
     return summarize(score_examples(preds, refs, tokenizer))
 
 
-class KoreanRouge(Metric):
+class _Float64Metric(Metric):
+    """A ``Metric`` whose ``cat`` states are float64 on every rank.
+
+    torchmetrics resets ``dtype`` to float32 whenever the metric is moved (Lightning's ``.to(device)``), and
+    a rank that saw no examples sends an empty tensor of that dtype to the all-gather. Under NCCL a float32
+    tensor among float64 ones is a size mismatch, so the dtype is pinned here.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.set_dtype(torch.float64)
+
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = "") -> Metric:
+        this = super()._apply(fn, exclude_state)
+        this._dtype = torch.float64
+        return this
+
+
+class KoreanRouge(_Float64Metric):
     """ROUGE-1/2/L F1 with a Korean-aware tokenizer, synced across DDP ranks and de-duplicated by example.
 
     Evaluation samplers (``DistributedSampler``) pad shards with repeated examples, so the state is kept
@@ -230,8 +248,6 @@ class KoreanRouge(Metric):
         self.tokenizer = get_tokenizer(tokenizer)
         for state in ("indices", *ROUGE_TYPES):
             self.add_state(state, default=[], dist_reduce_fx="cat")
-        # A rank that saw no examples sends an empty tensor of the metric's dtype; it must match the others.
-        self.set_dtype(torch.float64)
 
     def update(
         self, preds: Sequence[str], targets: References, indices: torch.Tensor | Sequence[int] | None = None
@@ -271,7 +287,7 @@ class KoreanRouge(Metric):
         return summarize(scores[first_of_each_index(index)])
 
 
-class PooledMean(Metric):
+class PooledMean(_Float64Metric):
     """``sum(totals) / sum(counts)`` over examples, synced across DDP ranks, each dataset index counted once.
 
     Evaluation batches are padded with repeated examples so that every DDP rank runs the same number of
@@ -295,7 +311,6 @@ class PooledMean(Metric):
         super().__init__(**kwargs)
         for state in ("indices", "totals", "counts"):
             self.add_state(state, default=[], dist_reduce_fx="cat")
-        self.set_dtype(torch.float64)
 
     def update(
         self,

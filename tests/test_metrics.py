@@ -194,6 +194,15 @@ def test_update_rejects_misaligned_inputs(preds, targets, indices, error, messag
         KoreanRouge().update(preds, targets, indices)
 
 
+@pytest.mark.parametrize("metric_class", [KoreanRouge, PooledMean])
+def test_states_stay_float64_when_the_metric_is_moved(metric_class) -> None:
+    # Lightning moves metrics with the module; torchmetrics would reset their dtype to float32.
+    metric = metric_class().to("cpu")
+    assert metric.dtype == torch.float64
+    metric.float()
+    assert metric.dtype == torch.float64
+
+
 def test_metric_pickles() -> None:
     metric = KoreanRouge()
     metric.update(PREDS, REFS, list(range(len(PREDS))))
@@ -281,13 +290,13 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
     try:
         padded = KoreanRouge()
         _shard_update(padded, rank)
-        # A rank that saw nothing still has to take part in the gather.
-        lopsided = KoreanRouge()
+        # A rank that saw nothing still has to take part in the gather, after Lightning moved the metric.
+        lopsided = KoreanRouge().to("cpu")
         if rank == 0:
             lopsided.update(PREDS, REFS, torch.arange(len(PREDS)))
         pooled = PooledMean()
         _pooled_shard_update(pooled, rank)
-        pooled_lopsided = PooledMean()
+        pooled_lopsided = PooledMean().to("cpu")
         if rank == 1:
             pooled_lopsided.update(torch.tensor(TOTALS), torch.arange(len(TOTALS)), torch.tensor(COUNTS))
         results = {"padded": padded.compute(), "lopsided": lopsided.compute(),

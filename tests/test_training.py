@@ -118,3 +118,16 @@ def test_out_of_memory_is_recorded_with_a_hint(tiny_models, tmp_path, monkeypatc
     assert record["status"] == "failed"
     assert "OutOfMemoryError" in record["history"][-1]["error"]
     assert "lower data.max_tokens" in record["history"][-1]["hint"]
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_gradient_clipping_trains_under_every_precision(precision: str, tiny_models, tmp_path) -> None:
+    """The baseline clipped at 1.0 (sweeps map max_grad_norm onto it) and GPU configs use mixed precision:
+    Lightning refuses to clip for an optimizer that unscales its own gradients (fused AdamW)."""
+    run_dir = tmp_path / precision
+    fit = run_cli("fit", *small_run("bart", tiny_models["bart"], run_dir), f"--trainer.precision={precision}",
+                  "--trainer.gradient_clip_val=1.0", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+                  "--outputs.export_best=false")
+    assert fit.trainer.global_step == 2
+    optimizer = fit.trainer.optimizers[0]
+    assert optimizer.defaults["fused"] is (precision == "32-true")  # fused wherever Lightning can clip with it

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torchmetrics import MaxMetric
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.optimization import Adafactor, get_scheduler
@@ -290,7 +291,7 @@ class SummarizerBase(L.LightningModule, ABC):
             self.val_metrics.reset()
             return
         values = self._log_eval("val", self.val_metrics)
-        self.val_rouge_best.update(torch.tensor(values["val/rouge_mean"]))
+        self.val_rouge_best.update(values["val/rouge_mean"])
         self.log("val/rouge_mean_best", self.val_rouge_best.compute())
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -318,7 +319,7 @@ class SummarizerBase(L.LightningModule, ABC):
         else:
             try:
                 # The fused kernel (CPU and CUDA) does the whole update in one pass: HF v5's default too.
-                optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, fused=True)
+                optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, fused=self._can_fuse_optimizer())
             except (RuntimeError, ValueError):
                 optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
         total = int(self.trainer.estimated_stepping_batches)
@@ -330,6 +331,14 @@ class SummarizerBase(L.LightningModule, ABC):
             scheduler_specific_kwargs={"num_cycles": hp.num_cycles} if hp.lr_scheduler == "cosine_with_restarts" else None,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _can_fuse_optimizer(self) -> bool:
+        """False when Lightning clips gradients under mixed precision: it unscales them before clipping and
+        refuses an optimizer that unscales on its own, as fused AdamW does."""
+        trainer = self._trainer
+        if trainer is None or not trainer.gradient_clip_val:
+            return True
+        return not isinstance(trainer.precision_plugin, MixedPrecision)
 
     # ----------------------------------------------------------------------------------- export
     def export(self, directory: str | Path) -> Path:

@@ -500,6 +500,8 @@ def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extr
         str(opts.warmup_steps), "--max-steps", str(opts.max_steps), "--cache-dir", opts.cache_dir,
         "--result-file", result_file, "--threads", str(opts.threads), f"--tag={tag}", *extra,
     ]
+    if opts.cpu:
+        cmd.append("--cpu")
     if opts.profile:
         cmd += ["--profile", opts.profile]
     print(f"-- {variant}{tag} ...", file=sys.stderr, flush=True)
@@ -662,8 +664,10 @@ def parent_main(opts: argparse.Namespace) -> None:
             print("-- building KoBART-sized BART (768, 6+6, vocab 30k) ...", file=sys.stderr, flush=True)
             large = build_model(opts.csv, Path(tmp) / "kobart_sized", {**KOBART_SIZED, "vocab_size": opts.vocab_size},
                                 KOBART_ROWS)
-            large_opts = argparse.Namespace(**{**vars(opts), "cache_dir": str(Path(tmp) / "cache_large")})
-            large_budget = token_budget_for(large_opts)  # also warms its tokenization cache
+            large_opts = argparse.Namespace(
+                **{**vars(opts), "model": str(large), "cache_dir": str(Path(tmp) / "cache_large")}
+            )
+            large_budget = token_budget_for(large_opts)  # with its tokenizer; also warms its tokenization cache
             dsum_row = best_dsum(results)  # the tiny model's faster dsum batching
             extra = ["--max-tokens", str(large_budget["max_tokens"])] if dsum_row == "a/token_budget" else []
             large_trials: dict[str, list[dict[str, Any]]] = {dsum_row: [], "b/hf_dynamic": []}
