@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,11 +15,12 @@ from datasets import Dataset
 from datasets.fingerprint import Hasher
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from dsum.data.batching import DialogueBatchSampler
 from dsum.data.io import BadRowPolicy, DialogueTable, read_dialogue_csv
 from dsum.data.text import DEFAULT_MASKS, TextNormalization, find_masks
+from dsum.data.tokenizer import TokenizerLoader, check_round_trip, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,11 @@ class DialogueDataModule(L.LightningDataModule):
             normalisation and layout); a second run with the same key skips tokenization.
         seed: Seed for batch shuffling (combined with the epoch).
         trust_remote_code: Allow a hub tokenizer to run its own code. Off unless a config opts in.
+        tokenizer_loader: ``auto`` (``AutoTokenizer``) or ``tokenizer_json`` (the checkpoint's
+            ``tokenizer.json`` as saved). Use ``tokenizer_json`` when transformers rebuilds a tokenizer
+            wrongly; a tokenizer that loses the data's characters stops the run with a message saying so.
+        tokenizer_kwargs: Extra ``from_pretrained`` arguments for the tokenizer, e.g. the special tokens a
+            checkpoint does not declare (``configs/kogpt2.yaml``).
     """
 
     def __init__(
@@ -121,6 +128,8 @@ class DialogueDataModule(L.LightningDataModule):
         cache_dir: str = ".cache/dsum",
         seed: int = 42,
         trust_remote_code: bool = False,
+        tokenizer_loader: TokenizerLoader = "auto",
+        tokenizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._check_settings(batch_size, eval_batch_size, batching, max_tokens, encoder_max_len,
@@ -148,7 +157,8 @@ class DialogueDataModule(L.LightningDataModule):
             for split, path in self.files.items()
             if path is not None
         }
-        self.tokenizer = self._load_tokenizer(tokenizer_name, extra_special_tokens, trust_remote_code)
+        tokenizer = load_tokenizer(tokenizer_name, tokenizer_loader, tokenizer_kwargs, trust_remote_code)
+        self.tokenizer = self._prepare_tokenizer(tokenizer_name, extra_special_tokens, tokenizer)
         self.truncation = TruncationReport()
 
     # ----------------------------------------------------------------------------------- settings
@@ -200,10 +210,13 @@ class DialogueDataModule(L.LightningDataModule):
             references=[[self.normalization(r) for r in refs] for refs in table.references],
         )
 
-    def _load_tokenizer(self, name: str, extra: list[str], trust_remote_code: bool) -> PreTrainedTokenizerBase:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        texts = (t for s in self.splits.values() for t in [*s.dialogues, *(r for rs in s.references for r in rs)])
-        masks = sorted(set(find_masks(texts)) | set(extra))
+    def _texts(self) -> Iterator[str]:
+        """Every dialogue and reference of every split, split by split."""
+        return (t for s in self.splits.values() for t in [*s.dialogues, *(r for rs in s.references for r in rs)])
+
+    def _prepare_tokenizer(self, name: str, extra: list[str], tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        """``tokenizer`` with the data's masks added as special tokens, and a pad token; checked on the data."""
+        masks = sorted(set(find_masks(self._texts())) | set(extra))
         existing = set(tokenizer.all_special_tokens)
         new = [m for m in masks if m not in existing]
         if new:
@@ -214,6 +227,7 @@ class DialogueDataModule(L.LightningDataModule):
             # Decoder-only models (GPT-2) ship without a pad token; pads are masked out, so eos serves.
             tokenizer.pad_token = tokenizer.eos_token
             rank_zero_info(f"{name}: tokenizer has no pad token; using eos {tokenizer.eos_token!r} for padding")
+        check_round_trip(tokenizer, self._texts(), name)
         return tokenizer
 
     # ---------------------------------------------------------------------------------- features

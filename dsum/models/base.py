@@ -199,6 +199,8 @@ class SummarizerBase(L.LightningModule, ABC):
     def position_limit(self) -> int | None:
         """Longest input the model's position embeddings allow, or None when unbounded (T5)."""
         config = self.model.config
+        if getattr(config, "relative_attention_num_buckets", None):
+            return None  # T5-style relative positions; a legacy `n_positions` in the config is no limit
         for name in ("max_position_embeddings", "n_positions"):
             value = getattr(config, name, None)
             if isinstance(value, int):
@@ -214,8 +216,13 @@ class SummarizerBase(L.LightningModule, ABC):
         config.update(**self.generation.generate_kwargs())
         if config.pad_token_id is None:
             config.pad_token_id = self.tokenizer.pad_token_id
-        if config.eos_token_id is None:
-            config.eos_token_id = self.tokenizer.eos_token_id
+        # Training labels end with the tokenizer's eos, so generation must stop there too, also when the
+        # checkpoint's config names another id (a GPT-2 config's 50256 under a Korean tokenizer).
+        configured = config.eos_token_id
+        stops = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in stops:
+            stops.append(self.tokenizer.eos_token_id)
+        config.eos_token_id = stops[0] if len(stops) == 1 else (stops or None)
         return config
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""Loading a checkpoint's tokenizer, and checking that it keeps the data's text.
+
+transformers 5 can rebuild a hub tokenizer from its vocabulary with the pre-tokenizer of the model
+class (``GPT2Tokenizer``'s byte-level one for KoGPT2, whose ``tokenizer.json`` is a character BPE), and the
+result silently drops or garbles Korean. ``tokenizer_json`` loads the checkpoint's ``tokenizer.json``
+exactly as saved, and :func:`check_round_trip` stops a run whose tokenizer loses the data's characters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any, Literal
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+TokenizerLoader = Literal["auto", "tokenizer_json"]
+# Texts checked, and the share of their non-space characters a decode(encode(text)) must give back.
+ROUND_TRIP_TEXTS = 64
+ROUND_TRIP_MIN_KEPT = 0.9
+
+
+def load_tokenizer(
+    name: str, loader: TokenizerLoader = "auto", kwargs: dict[str, Any] | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of checkpoint ``name``.
+
+    Args:
+        name: Hugging Face id or local directory.
+        loader: ``auto`` (``AutoTokenizer``: the class the checkpoint names) or ``tokenizer_json`` (the
+            checkpoint's ``tokenizer.json`` as saved, with the generic fast tokenizer).
+        kwargs: Passed to ``from_pretrained``, e.g. special tokens the checkpoint does not declare.
+        trust_remote_code: Allow a hub tokenizer to run its own code.
+    """
+    options = {**(kwargs or {}), "trust_remote_code": trust_remote_code}
+    if loader == "tokenizer_json":
+        return PreTrainedTokenizerFast.from_pretrained(name, **options)
+    if loader != "auto":
+        raise ValueError(f"data.tokenizer_loader={loader!r}: choose 'auto' or 'tokenizer_json'")
+    return AutoTokenizer.from_pretrained(name, **options)
+
+
+def _characters(text: str) -> Counter[str]:
+    """Non-space characters, case-folded (an uncased tokenizer loses nothing that matters here)."""
+    return Counter(c for c in text.casefold() if not c.isspace())
+
+
+def check_round_trip(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], name: str) -> None:
+    """Raise if ``decode(encode(text))`` loses more than 10% of the non-space characters of the first texts.
+
+    Unknown characters (``<unk>``), case and spacing changes pass; a tokenizer rebuilt with the wrong
+    pre-tokenizer, which drops whole scripts, does not.
+    """
+    sample = [t for t in islice(texts, ROUND_TRIP_TEXTS) if t.strip()]
+    if not sample:
+        return
+    decoded = tokenizer.batch_decode(tokenizer(sample, add_special_tokens=False)["input_ids"])
+    total = kept = 0
+    worst = ("", "", 1.0)
+    for original, back in zip(sample, decoded):
+        want, got = _characters(original), _characters(back)
+        share = sum((want & got).values()) / max(1, sum(want.values()))
+        total += sum(want.values())
+        kept += sum((want & got).values())
+        if share < worst[2]:
+            worst = (original, back, share)
+    if kept < ROUND_TRIP_MIN_KEPT * total:
+        raise ValueError(
+            f"The tokenizer of {name} ({type(tokenizer).__name__}) loses {1 - kept / total:.0%} of the data's "
+            f"characters in decode(encode(text)), e.g. {worst[0][:60]!r} -> {worst[1][:60]!r}. transformers may have "
+            "rebuilt it from its vocabulary with another pre-tokenizer: set data.tokenizer_loader=tokenizer_json "
+            "to load its tokenizer.json as saved (configs/kogpt2.yaml does), with data.tokenizer_kwargs for "
+            "special tokens the checkpoint does not declare."
+        )

@@ -1,0 +1,24 @@
+"""Model settings read from the checkpoint: where generation stops, how long inputs may be."""
+
+from __future__ import annotations
+
+from dsum.models import CausalLMSummarizer, Seq2SeqSummarizer
+
+
+def test_generation_stops_at_the_tokenizers_eos_too(tiny_models) -> None:
+    module = CausalLMSummarizer(pretrained=str(tiny_models["gpt2"]))
+    eos = module.tokenizer.eos_token_id
+    assert module.generation_config().eos_token_id == eos  # the checkpoint agrees: one id
+    # A checkpoint whose config keeps GPT-2's 50256 while its tokenizer's eos (which ends every label) differs.
+    module.model.generation_config.eos_token_id = 50256
+    assert module.generation_config().eos_token_id == [50256, eos]
+    module.model.generation_config.eos_token_id = [7, eos]
+    assert module.generation_config().eos_token_id == [7, eos]
+
+
+def test_t5_has_no_position_limit_even_with_a_legacy_n_positions(tiny_models) -> None:
+    t5 = Seq2SeqSummarizer(pretrained=str(tiny_models["t5"]))
+    t5.model.config.n_positions = 512  # what older T5 config.json files carry
+    assert t5.position_limit() is None
+    bart = Seq2SeqSummarizer(pretrained=str(tiny_models["bart"]))
+    assert bart.position_limit() == bart.model.config.max_position_embeddings
