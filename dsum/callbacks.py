@@ -84,6 +84,23 @@ class OptionalEarlyStopping(EarlyStopping):
             super().on_train_epoch_end(trainer, pl_module)
 
 
+REQUEUE_ENV = "DSUM_REQUEUE_ON_SIGTERM"
+
+
+def requeue_on_sigterm(environ: dict[str, str] | None = None) -> bool:
+    """Whether an interrupted run is marked *preempting*, which makes a W&B sweep requeue it for another agent.
+
+    Outside a sweep it only labels the run. Inside one, the agent's own SIGTERM is how hyperband and the UI
+    stop a trial, and a requeued trial would run again, so it is off unless ``DSUM_REQUEUE_ON_SIGTERM=1``
+    (spot instances, SLURM preemption). The requeued run resumes from ``last.ckpt`` only if given
+    ``--ckpt_path last``.
+    """
+    env = os.environ if environ is None else environ
+    if REQUEUE_ENV in env:
+        return env[REQUEUE_ENV] == "1"
+    return not env.get("WANDB_SWEEP_ID")
+
+
 class RunOutputs(L.Callback):
     """Writes the run record (``run.json``) and exports the best checkpoint in Hugging Face format.
 
@@ -214,7 +231,7 @@ class RunOutputs(L.Callback):
             # A wandb agent stopping the run, hyperband, a preempted node or Ctrl+C: keep the work.
             signal_name = "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
             last = self._save_last_checkpoint(trainer) if self._stage == "fit" else None
-            self._finish_wandb(trainer, preempted=True)
+            self._finish_wandb(trainer, preempted=requeue_on_sigterm())
             self._set_status(trainer, "interrupted", signal=signal_name,
                              **({"last_checkpoint": str(last)} if last else {}))
             rank_zero_info(f"dsum: {signal_name} received; run marked interrupted"
@@ -280,6 +297,7 @@ class SubmissionWriter(BasePredictionWriter):
         )
         path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "submission.csv"
         buffer = io.StringIO()
-        frame.to_csv(buffer, index=False)
+        # The competition's sample_submission.csv layout: an unnamed 0..n-1 index column, then fname,summary.
+        frame.to_csv(buffer)
         self.written = atomic_write_text(path, buffer.getvalue())
         print(f"dsum: wrote {len(frame)} summaries to {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import netrc
 import os
 from pathlib import Path
@@ -13,17 +14,35 @@ from lightning.pytorch.utilities import rank_zero_info
 DEFAULT_PROJECT = "dsum"
 
 
+def wandb_base_url(environ: dict[str, str] | None = None) -> str:
+    """The W&B server: ``WANDB_BASE_URL``, else the one ``wandb login --host`` saved, else W&B's cloud."""
+    env = os.environ if environ is None else environ
+    if env.get("WANDB_BASE_URL"):
+        return env["WANDB_BASE_URL"]
+    settings = Path(env.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb") / "settings"
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(settings, encoding="utf-8")
+    except (configparser.Error, OSError):
+        pass
+    return parser.get("default", "base_url", fallback="https://api.wandb.ai")
+
+
 def has_wandb_credentials(environ: dict[str, str] | None = None) -> bool:
-    """Whether W&B can log in without prompting: an API key in the environment or in ``~/.netrc``."""
+    """Whether W&B can log in without prompting: an API key in the environment, or a ``~/.netrc`` entry for
+    the server (named ``host:port`` when the URL has a port, as ``wandb login`` writes it)."""
     env = os.environ if environ is None else environ
     if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    host = urlparse(env.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    url = urlparse(wandb_base_url(env))
     path = Path(env.get("NETRC", Path.home() / ".netrc"))
     try:
-        return path.is_file() and netrc.netrc(path).authenticators(host) is not None
+        entries = netrc.netrc(path) if path.is_file() else None
     except (netrc.NetrcParseError, OSError):
         return False
+    return entries is not None and any(
+        entries.authenticators(machine) is not None for machine in {url.netloc, url.hostname} if machine
+    )
 
 
 def ensure_wandb_mode(environ: dict[str, str] | None = None) -> str:

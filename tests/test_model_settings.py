@@ -22,3 +22,9 @@ def test_t5_has_no_position_limit_even_with_a_legacy_n_positions(tiny_models) ->
     assert t5.position_limit() is None
     bart = Seq2SeqSummarizer(pretrained=str(tiny_models["bart"]))
     assert bart.position_limit() == bart.model.config.max_position_embeddings
+
+
+def test_decoded_summaries_are_one_line(tiny_models) -> None:
+    module = Seq2SeqSummarizer(pretrained=str(tiny_models["bart"]))
+    ids = module.tokenizer(["#Person1#은\n집에  갔다.\t"], return_tensors="pt")["input_ids"]
+    assert module.decode(ids) == ["#Person1#은 집에 갔다."]  # a newline would split the submission's CSV field

@@ -68,9 +68,10 @@ def test_fit_validate_predict(family: str, tiny_models, tmp_path) -> None:
     submission = tmp_path / f"{family}-submission.csv"
     run_cli("predict", *small_run(family, export, val_dir), f"--submission.path={submission}",
             "--model.generation.max_new_tokens=8")
-    frame = pd.read_csv(submission, keep_default_na=False)
+    assert submission.read_text(encoding="utf-8").startswith(",fname,summary\n0,")  # sample_submission.csv's layout
+    frame = pd.read_csv(submission, keep_default_na=False, index_col=0)
     expected = pd.read_csv(SAMPLE / "test.csv")["fname"].tolist()
-    assert list(frame.columns) == ["fname", "summary"]
+    assert list(frame.columns) == ["fname", "summary"] and frame.index.tolist() == list(range(len(expected)))
     assert frame["fname"].tolist() == expected  # input order, each row once
     assert not frame["summary"].str.contains("<pad>|</s>|<s>|<\\|endoftext\\|>").any()
 

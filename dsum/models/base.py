@@ -271,7 +271,8 @@ class SummarizerBase(L.LightningModule, ABC):
         for text in texts:
             for token in drop:
                 text = text.replace(token, " ")
-            cleaned.append(re.sub(r"[ \t]+", " ", text).strip())
+            # One line per summary: a generated newline would split the submission's CSV field.
+            cleaned.append(re.sub(r"\s+", " ", text).strip())
         return cleaned
 
     def _evaluate(self, batch: dict[str, Any], metrics: EvalMetrics) -> None:
