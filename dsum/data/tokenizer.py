@@ -59,12 +59,11 @@ def check_round_trip(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], n
     total = kept = 0
     worst = ("", "", 1.0)
     for original, back in zip(sample, decoded):
-        want, got = _characters(original), _characters(back)
-        share = sum((want & got).values()) / max(1, sum(want.values()))
-        total += sum(want.values())
-        kept += sum((want & got).values())
-        if share < worst[2]:
-            worst = (original, back, share)
+        want = _characters(original)
+        wanted, returned = sum(want.values()), sum((want & _characters(back)).values())
+        total, kept = total + wanted, kept + returned
+        if returned / max(1, wanted) < worst[2]:
+            worst = (original, back, returned / max(1, wanted))
     if kept < ROUND_TRIP_MIN_KEPT * total:
         raise ValueError(
             f"The tokenizer of {name} ({type(tokenizer).__name__}) loses {1 - kept / total:.0%} of the data's "

@@ -225,14 +225,18 @@ class SummarizerBase(L.LightningModule, ABC):
         config.eos_token_id = stops[0] if len(stops) == 1 else (stops or None)
         return config
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        logits, labels = self.logits_and_labels(batch)
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The training objective (fp32, label smoothing, -100 ignored), ``mean`` or per label (``none``)."""
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             labels.reshape(-1),
             ignore_index=-100,
             label_smoothing=self.hparams.label_smoothing,
+            reduction=reduction,
         )
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self._cross_entropy(*self.logits_and_labels(batch))
 
     def example_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example: the summed token losses (as in :meth:`loss`) and the number of summary tokens.
@@ -240,13 +244,7 @@ class SummarizerBase(L.LightningModule, ABC):
         ``totals.sum() / counts.sum()`` equals :meth:`loss` of the batch.
         """
         logits, labels = self.logits_and_labels(batch)
-        token_losses = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=-100,
-            label_smoothing=self.hparams.label_smoothing,
-            reduction="none",
-        )
+        token_losses = self._cross_entropy(logits, labels, reduction="none")
         counts = (batch["labels"] != -100).sum(dim=1)
         if labels.ndim == 1:  # gathered head: one row per summary token, examples in order
             if int(counts.sum()) != labels.numel():
