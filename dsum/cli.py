@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 import warnings
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from dsum.callbacks import RUN_RECORD, OptionalEarlyStopping, RunOutputs, SubmissionWriter
+from dsum.callbacks.divergence import NonFiniteLossGuard
+from dsum.callbacks.early_stopping import OptionalEarlyStopping
+from dsum.callbacks.export import BestModelExport
+from dsum.callbacks.interrupt import InterruptHandler
+from dsum.callbacks.last import LastCheckpoint
+from dsum.callbacks.record import RUN_RECORD, RunRecord
+from dsum.callbacks.rng import RandomStateCheckpoint
+from dsum.callbacks.submission import SubmissionWriter
+from dsum.checkpoint_io import AtomicCheckpointIO
 from dsum.data import DialogueDataModule
 from dsum.files import atomic_write_text, read_json
 from dsum.models import SummarizerBase
 from dsum.secrets import redact
-from dsum.sweep.pruning import pruning_callbacks
 from dsum.tracking import default_wandb_logger, ensure_wandb_mode
 
 CONFIG_NAME = "config.yaml"
@@ -41,10 +50,24 @@ class RunConfigSaver(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
-class DsumCLI(LightningCLI):
-    """``python main.py {fit,validate,test,predict} --config configs/<model>.yaml [--key=value ...]``."""
+ConfigHook = Callable[[Namespace], None]
 
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+
+class DsumCLI(LightningCLI):
+    """``python main.py {fit,validate,test,predict} --config configs/<model>.yaml [--key=value ...]``.
+
+    Args:
+        args: The command line (without the program name).
+        run: Run the subcommand after instantiating (LightningCLI's ``run``).
+        extra_callbacks: Callbacks added to the trainer's own (the entry point adds a sweep trial's here).
+        config_hooks: Functions called on the parsed, typed config of the subcommand before any class is
+            instantiated; they may change it in place (the entry point adds a sweep trial's rules here).
+    """
+
+    def __init__(self, args: list[str] | None = None, run: bool = True,
+                 extra_callbacks: Sequence[Callback] = (), config_hooks: Sequence[ConfigHook] = ()) -> None:
+        self.extra_callbacks = list(extra_callbacks)
+        self.config_hooks = list(config_hooks)
         # main.py always passes the (rewritten) argv explicitly; LightningCLI's warning about that would
         # also echo the raw command line, credentials included.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -72,27 +95,42 @@ class DsumCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/rouge_mean",
             "checkpoint.mode": "max",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # last.ckpt is `last_checkpoint`'s, written whatever the metric does
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-epoch{epoch}-step{step}",
             "checkpoint.auto_insert_metric_name": False,
         })
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(OptionalEarlyStopping, "early_stopping")
-        parser.add_lightning_class_args(RunOutputs, "outputs")
+        parser.add_lightning_class_args(NonFiniteLossGuard, "divergence")
+        parser.add_lightning_class_args(BestModelExport, "outputs")
         parser.add_lightning_class_args(SubmissionWriter, "submission")
         # One tokenizer: named by the model, built (with the data's masks) by the data, given to the model.
         parser.link_arguments("model.init_args.pretrained", "data.tokenizer_name")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
         parser.link_arguments("model.init_args.trust_remote_code", "data.trust_remote_code")
+        # The data's lengths and affixes, so the model checks its limits when it is built.
+        parser.link_arguments(
+            ("data.encoder_max_len", "data.decoder_max_len", "data.source_prefix", "data.source_suffix"),
+            "model.init_args.input_layout", compute_fn=_input_layout,
+        )
         # One seed: batch shuffling follows `seed_everything` (a sweep's `seed` changes both).
         parser.link_arguments("seed_everything", "data.seed", compute_fn=lambda seed: seed if type(seed) is int else 42)
         parser.link_arguments(
             "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints")
         )
+        parser.link_arguments(
+            "trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints")
+        )
 
     def before_instantiate_classes(self) -> None:
         ensure_wandb_mode()
-        self.run_id, self.resuming = self._run_identity(self._subcommand_config())
+        config = self._subcommand_config()
+        for hook in self.config_hooks:
+            hook(config)
+        # The data's layout follows the model family, set once here from the model class.
+        config.data.decoder_only = bool(getattr(_class_of(config.model.class_path), "decoder_only", False))
+        self.run_id, self.resuming = self._run_identity(config)
 
     def _subcommand_config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -108,9 +146,28 @@ class DsumCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
         if config.get("logger") in (None, True):  # Lightning's own default would be TensorBoard/CSV
             config["logger"] = default_wandb_logger(config["default_root_dir"], self.run_id, self.resuming)
-        callbacks = [*callbacks, *pruning_callbacks()]  # reports to a local sweep's study, when in one
-        trainer = super()._instantiate_trainer(config, callbacks)
-        for callback in trainer.callbacks:
-            if isinstance(callback, RunOutputs):
-                callback.run_id = self.run_id
-        return trainer
+        callbacks = [*callbacks, RunRecord(self.run_id, self.resuming), InterruptHandler(), RandomStateCheckpoint(),
+                     *self.extra_callbacks]
+        config["plugins"] = _with_atomic_checkpoints(config.get("plugins"))
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def _with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """The trainer's plugins plus :class:`AtomicCheckpointIO`, unless a config chose its own CheckpointIO."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def _input_layout(encoder_max_len: int, decoder_max_len: int, source_prefix: str, source_suffix: str) -> dict[str, Any]:
+    """``model.input_layout`` from the ``data.*`` options (a mapping, which jsonargparse types as InputLayout)."""
+    return {"encoder_max_len": encoder_max_len, "decoder_max_len": decoder_max_len,
+            "source_prefix": source_prefix, "source_suffix": source_suffix}
+
+
+def _class_of(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)

@@ -1,32 +1,199 @@
-"""Atomic file and directory writes: a crash never leaves a half-written file that later steps trust."""
+"""Atomic file and directory writes: a crash never leaves a half-written file that later steps trust.
+
+Every write goes to a temporary name in the target's own directory (so the final rename never crosses a
+filesystem), is fsynced, then renamed over the target. Temporary names carry the writer's pid
+(``.<name>.<pid>.<random>.tmp``, ``.<name>.staging.<pid>.<random>``), so the next writer in that directory
+can tell a dead writer's leftovers (removed by :func:`remove_stale_temps`) from a live one's. Files and
+directories get the modes the umask gives (``tempfile`` alone would make them 0600/0700).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+# `.<name>.<pid>.<hex>.tmp` (files) and `.<name>.staging.<pid>.<hex>` / `.<name>.old.<hex>` (directories).
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+_STAGING_DIR = re.compile(r"^\.(?P<name>.+)\.staging\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]+$")
+_OLD_DIR = re.compile(r"^\.(?P<name>.+)\.old\.[0-9a-f]{8}$")
+STALE_UNNAMED_SECONDS = 3600.0
+
+
+def _temp_name(path: Path, kind: str = "") -> Path:
+    middle = f".{kind}" if kind else ""
+    suffix = "" if kind else ".tmp"
+    return path.parent / f".{path.name}{middle}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit fsync it and rename it over
+    ``path``; on any error (a full disk included) remove it, leaving the previous ``path`` untouched.
+
+    Args:
+        path: The final file.
+        mode: ``"wb"`` or ``"w"``.
+        encoding: The text encoding (text mode only; default UTF-8).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o666)  # the umask applies, as for any new file
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding or "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    except Exception as error:
+        tmp.unlink(missing_ok=True)
+        cause = _unnamed_os_error(error)
+        if cause is not None:  # a write to a handle names no file (torch.save even wraps it): name the target
+            raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from error
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _unnamed_os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` without a file name behind ``error`` (itself, or what it was raised from/while handling)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current if current.filename is None and current.errno is not None else None
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file, or a directory to persist a rename (best effort: not every filesystem lets one be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """``atomic_write_text`` for bytes."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def check_writable(directory: str | Path, probe_bytes: int = 256 * 1024) -> Path:
+    """Create ``directory`` and write (then remove) a ``probe_bytes`` file in it, so that a full or read-only
+    disk is reported at once, naming the path and the errno, before loggers start writing their own files.
+
+    Raises:
+        OSError: with ``filename`` set (ENOSPC, EROFS, EACCES, ...).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / ".dsum_write_check"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        atomic_write_bytes(probe, b"\0" * probe_bytes)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, os.strerror(error.errno), str(directory)) from error
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return directory
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Remove what killed writers left in ``directory``: temporary files and staging directories of
+    writers whose process is gone (same machine), and old directories a swap did not get to delete.
+
+    Args:
+        directory: The directory to clean (missing: nothing to do).
+        name: Only the leftovers of this target name (default: every target).
+
+    Returns:
+        The paths removed.
+    """
+    directory = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_FILE.match(entry.name) or _STAGING_DIR.match(entry.name) or _OLD_DIR.match(entry.name)
+        if match is None or (name is not None and match.group("name") != name):
+            continue
+        pid = match.groupdict().get("pid")
+        if pid is not None and _pid_alive(int(pid)):
+            continue  # a live writer's (or the pid was reused: left for a later run)
+        if _OLD_DIR.match(entry.name):
+            target = directory / match.group("name")
+            if not target.exists():  # a swap killed half-way: this is the only copy left; put it back
+                try:
+                    os.replace(entry, target)
+                except OSError:
+                    pass
+                continue
+        elif pid is None:
+            # A staging name without a pid (older dsum): only when too old to be in use.
+            try:
+                if time.time() - entry.stat().st_mtime < STALE_UNNAMED_SECONDS:
+                    continue
+            except OSError:
+                continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
@@ -46,19 +213,38 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], Any]) -> Path:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging."))
+    remove_stale_temps(target.parent, target.name)
+    staging = _temp_name(target, "staging")
+    staging.mkdir(mode=0o777)  # the umask applies
     try:
         fill(staging)
+        _fsync_tree(staging)
         (staging / ".complete").write_text("ok\n")
         old = target.parent / f".{target.name}.old.{uuid.uuid4().hex[:8]}"
+        moved = False
         if target.exists():
             os.replace(target, old)
-        os.replace(staging, target)
+            moved = True
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if moved:
+                os.replace(old, target)  # put the previous version back
+            raise
+        _fsync_path(target.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file under ``directory`` (and the directories), so the swap publishes durable data."""
+    for root, _dirs, files in os.walk(directory):
+        for file in files:
+            _fsync_path(Path(root) / file)
+        _fsync_path(Path(root))
 
 
 def is_complete_dir(path: str | Path) -> bool:

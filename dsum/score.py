@@ -1,8 +1,10 @@
 """Score a submission CSV against a labelled CSV: ``python -m dsum.score --pred sub.csv --gold dev.csv``.
 
-Prints one JSON object: ``rouge1``, ``rouge2``, ``rougeL`` (F1 in [0, 1]), ``rouge_mean`` (mean × 100, the
-leaderboard scale), ``count`` and ``tokenizer``. Problems with the files exit non-zero with a message
-that names the file, and no traceback.
+Prints one JSON object: ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean`` (their mean), all F1 × 100 (the
+leaderboard's scale), ``count``, and ``metric``: the metric's name and settings, e.g. ``{"name": "rouge",
+"tokenizer": "mecab", "references": "mean", "scale": 100}``. The defaults are the official-style metric:
+Mecab-ko morphemes, mean over a row's references. Problems with the files exit non-zero with a message that
+names the file, and no traceback.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from dsum.data.io import reference_columns
-from dsum.metrics import TOKENIZERS, rouge_scores
+from dsum.metrics import DEFAULT_TOKENIZER, REFERENCE_RULES, TOKENIZERS, metric_settings, rouge_scores
 
 MAX_LISTED = 5
 
@@ -83,23 +86,27 @@ def read_predictions(path: Path) -> dict[str, str]:
     return dict(zip(frame["fname"], frame["summary"]))
 
 
-def score_files(pred: str | Path, gold: str | Path, tokenizer: str = "whitespace") -> dict[str, float | int | str]:
-    """ROUGE of a prediction CSV against a gold CSV, matched by ``fname``.
+def score_files(
+    pred: str | Path, gold: str | Path, tokenizer: str = DEFAULT_TOKENIZER, references: str = "mean"
+) -> dict[str, Any]:
+    """ROUGE × 100 of a prediction CSV against a gold CSV, matched by ``fname``, with the metric's settings.
 
     Args:
         pred: CSV with ``fname,summary`` (an unnamed leading index column is ignored).
         gold: CSV with ``fname,summary`` and optionally more references in ``summary1``, ``summary2``, ...
-        tokenizer: ``whitespace`` (Unicode words) or ``morpheme`` (Kiwi morphemes, the official-style metric).
+        tokenizer: ``mecab`` (Mecab-ko morphemes, official-style), ``kiwi`` (Kiwi morphemes) or ``whitespace``.
+        references: ``mean`` (the organizers' rule) or ``max`` over a row's references, per ROUGE type.
 
     Raises:
         ScoreError: A file is missing, unreadable, lacks columns, has duplicate fnames, or the two files'
             fnames differ.
     """
     pred, gold = Path(pred), Path(gold)
-    references = read_gold(gold)
+    settings = metric_settings(tokenizer, references)  # bad settings fail before the files are read
+    gold_refs = read_gold(gold)
     predictions = read_predictions(pred)
-    missing = [f for f in references if f not in predictions]
-    extra = [f for f in predictions if f not in references]
+    missing = [f for f in gold_refs if f not in predictions]
+    extra = [f for f in predictions if f not in gold_refs]
     if missing or extra:
         parts = []
         if missing:
@@ -107,14 +114,14 @@ def score_files(pred: str | Path, gold: str | Path, tokenizer: str = "whitespace
         if extra:
             parts.append(f"{len(extra)} not in the gold file: {_listing(extra)}")
         raise ScoreError(f"{pred}: fnames do not match {gold}; {'; '.join(parts)}.")
-    empty = sum(1 for f in references if not predictions[f].strip())
+    empty = sum(1 for f in gold_refs if not predictions[f].strip())
     if empty:
         print(f"warning: {pred}: {empty} empty prediction(s), scored 0.", file=sys.stderr)
-    fnames = list(references)
-    result: dict[str, float | int | str] = dict(
-        rouge_scores([predictions[f] for f in fnames], [references[f] for f in fnames], tokenizer)
+    fnames = list(gold_refs)
+    result: dict[str, Any] = dict(
+        rouge_scores([predictions[f] for f in fnames], [gold_refs[f] for f in fnames], tokenizer, references)
     )
-    result["tokenizer"] = tokenizer
+    result["metric"] = settings
     return result
 
 
@@ -122,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry: parse arguments, score, print one JSON object."""
     parser = argparse.ArgumentParser(
         prog="python -m dsum.score",
-        description="Score a submission CSV against a labelled CSV with Korean-aware ROUGE-1/2/L F1.",
+        description="Score a submission CSV against a labelled CSV with Korean-aware ROUGE-1/2/L F1 (x 100).",
     )
     parser.add_argument("--pred", type=Path, required=True, help="Predictions: CSV with fname,summary.")
     parser.add_argument(
@@ -130,12 +137,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="References: CSV with fname,summary (more references in summary1, summary2, ...).",
     )
     parser.add_argument(
-        "--tokenizer", choices=list(TOKENIZERS), default="whitespace",
-        help="whitespace: Unicode words, #masks# kept whole (default); morpheme: Kiwi morphemes (needs kiwipiepy).",
+        "--tokenizer", choices=list(TOKENIZERS), default=DEFAULT_TOKENIZER,
+        help="mecab: Mecab-ko morphemes, as the official scorer (default); kiwi: Kiwi morphemes (needs "
+             "kiwipiepy); whitespace: Unicode words. #masks# are one token in all three.",
+    )
+    parser.add_argument(
+        "--references", choices=list(REFERENCE_RULES), default="mean",
+        help="With several references per row: mean (the organizers' rule, default) or max, per ROUGE type.",
     )
     args = parser.parse_args(argv)
     try:
-        result = score_files(args.pred, args.gold, args.tokenizer)
+        result = score_files(args.pred, args.gold, args.tokenizer, args.references)
     except (ScoreError, ImportError) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(result, ensure_ascii=False))

@@ -55,6 +55,8 @@ _SPECIALS: dict[str, dict[str, str]] = {
     },
     "t5": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
     "gpt2": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+    # Qwen2-Instruct-style: no bos, <|im_end|> ends a chat turn (and is eos), <|endoftext|> pads.
+    "llm": {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "unk_token": "<unk>"},
 }
 
 
@@ -180,7 +182,7 @@ def _train_backend(family: str, texts: list[str], masks: list[str], vocab_size: 
         backend.post_processor = processors.TemplateProcessing(
             single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
         )
-    else:
+    elif family == "t5":
         eos = backend.token_to_id("</s>")
         backend.post_processor = processors.TemplateProcessing(
             single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
@@ -337,6 +339,7 @@ def build_tiny_model(
         torch.manual_seed(seed)
         model = model_class(config)
     model.generation_config = generation
+    model.config.dsum_tiny = True  # the registry keeps runs of tiny models in its sandbox
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -370,7 +373,7 @@ def build_all(
 def main(
     csv: str | list[str],
     out: str = "tiny_models",
-    families: str = ",".join(FAMILIES),
+    families: str = ",".join((*FAMILIES, "llm")),
     d_model: int = 64,
     layers: int = 2,
     heads: int | None = None,
@@ -379,13 +382,15 @@ def main(
     max_positions: int = 1024,
     seed: int = 0,
     max_new_tokens: int = 64,
+    pretrain_steps: int = 150,
 ) -> None:
-    """Build tiny random BART / T5 / GPT-2 models with tokenizers trained on a dialogue CSV.
+    """Build tiny random BART / T5 / GPT-2 models, and a tiny Llama-style chat LLM (``llm``, briefly pre-trained:
+    see :mod:`dsum.tiny_llm`), with tokenizers trained on a dialogue CSV.
 
     Args:
         csv: CSV file (or a list of them) with dialogue/summary columns to train the tokenizers on.
         out: Output directory; each family is written to OUT/<family>.
-        families: Comma-separated families to build, from bart, t5, gpt2.
+        families: Comma-separated families to build, from bart, t5, gpt2, llm.
         d_model: Hidden size.
         layers: Layers; encoder and decoder each get this many for bart and t5.
         heads: Attention heads (default max(4, d_model // 64)); must divide d_model.
@@ -394,16 +399,25 @@ def main(
         max_positions: Maximum sequence length (position embeddings, tokenizer model_max_length).
         seed: Random seed for the weights.
         max_new_tokens: Default generation length in generation_config.json.
+        pretrain_steps: Language-modelling steps on the CSV's text for ``llm`` (0 = random weights).
     """
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Writing model shards" bar per family is noise here
     names = [f.strip() for f in families.split(",") if f.strip()]
-    unknown = [f for f in names if f not in FAMILIES]
+    unknown = [f for f in names if f not in (*FAMILIES, "llm")]
     if unknown or not names:
-        raise ValueError(f"--families={families!r}: {unknown or 'nothing'} is not one of {list(FAMILIES)}.")
+        raise ValueError(f"--families={families!r}: {unknown or 'nothing'} is not one of {[*FAMILIES, 'llm']}.")
     for family in names:
         start = time.perf_counter()
+        if family == "llm":
+            from dsum.tiny_llm import build_tiny_llm
+
+            path = build_tiny_llm(Path(out) / family, csv, d_model=d_model, layers=layers, heads=heads, ffn=ffn,
+                                  vocab_size=vocab_size, max_positions=max_positions, seed=seed,
+                                  max_new_tokens=max_new_tokens, pretrain_steps=pretrain_steps)
+            print(f"{family}: {path} ({time.perf_counter() - start:.1f}s)")
+            continue
         path = build_tiny_model(
             family, Path(out) / family, csv, d_model=d_model, layers=layers, heads=heads, ffn=ffn,
             vocab_size=vocab_size, max_positions=max_positions, seed=seed, max_new_tokens=max_new_tokens,

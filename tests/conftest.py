@@ -35,3 +35,20 @@ def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
     """Write raw CSV text (exact bytes matter for BOM / CRLF / encoding tests)."""
     path.write_bytes(text.encode(encoding))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama-style chat LLM of ``python -m dsum.tiny`` (briefly pre-trained on the sample's text)."""
+    from dsum.tiny_llm import build_tiny_llm
+
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm") / "llm", [SAMPLE / "train.csv"])
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_random(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller tiny chat LLM with random weights (no pre-training): for fast tests of the mechanics."""
+    from dsum.tiny_llm import build_tiny_llm
+
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm_random") / "llm", [SAMPLE / "train.csv"], d_model=32,
+                          layers=1, vocab_size=1000, pretrain_steps=0)

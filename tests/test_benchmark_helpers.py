@@ -7,6 +7,7 @@ figures it reports, so they are checked here on synthetic inputs.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -80,3 +81,54 @@ def test_train_sized_csv_repeats_rows_with_unique_ids(bench, tmp_path, sample_di
     assert copied.dialogues[len(original) : 2 * len(original)] == original.dialogues
     assert copied.references[-7:] == original.references[:7]
     assert copied.fnames[len(original)] == f"{original.fnames[0]}#1"
+
+
+def test_switch_rows_are_added_where_they_apply(bench):
+    train, gen = bench.expand_rows("a/length_grouped,a/token_budget,b2/hf_group_by_length",
+                                   "g/dsum_validate,g/hf_sorted", "compile,dropout=0")
+    assert train == ["a/length_grouped", "a/token_budget", "b2/hf_group_by_length",
+                     "a/token_budget+compile", "a/token_budget+dropout=0"]
+    assert gen == ["g/dsum_validate", "g/hf_sorted", "g/dsum_validate+compile"]  # dropout: training only
+    assert bench.variant_switches("a/token_budget+compile+attn=eager") == {"compile": "", "attn": "eager"}
+    assert bench.model_switches({"compile": "", "attn": "eager"}) == {"compile": True, "attn_implementation": "eager"}
+
+
+@pytest.mark.parametrize(("variants", "gen", "switches", "message"), [
+    ("a/nope", "", "", "unknown row(s) a/nope"),
+    ("b/hf_dynamic", "", "", "need at least one a/ variant"),
+    ("a/token_budget", "", "fast", "--switches: unknown fast"),
+    ("a/token_budget,b/hf_dynamic+compile", "", "", "switches apply to dsum rows only"),
+    ("a/token_budget", "g/dsum_validate+log_every=1", "", "'log_every' does not apply to g/ rows"),
+])
+def test_bad_rows_and_switches_are_named(bench, variants, gen, switches, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        bench.expand_rows(variants, gen, switches)
+
+
+def test_set_dropout_reaches_modules_and_float_attributes(bench):
+    import torch
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dropout = 0.1
+            self.activation_dropout = 0.2
+            self.drop = torch.nn.Dropout(0.3)
+
+    model = torch.nn.Sequential(Layer(), Layer())
+    assert bench.set_dropout(model, 0.0) == 6
+    assert all(layer.dropout == 0.0 and layer.activation_dropout == 0.0 and layer.drop.p == 0.0 for layer in model)
+
+
+def test_ratios_name_the_default_and_the_best_mode(bench):
+    def row(speed):
+        return {"samples_per_s": speed}
+
+    results = {"a/length_grouped": row(40.0), "a/token_budget": row(50.0), "a/token_budget+compile": row(60.0),
+               "b/hf_dynamic": row(25.0), "b2/hf_group_by_length": row(40.0), "c/hf_full_pad": row(12.5)}
+    generation = {"g/dsum_validate": row(9.0), "g/hf_sorted": row(6.0), "g/hf_file_order": row(3.0)}
+    ratios = bench.all_ratios(results, generation)
+    assert ratios == pytest.approx({"a/b": 2.0, "a/b2": 1.25, "a/c": 4.0, "best/b": 2.4, "best/b2": 1.5,
+                                    "best/c": 4.8, "gen/sorted": 1.5, "gen/file_order": 3.0})
+    results["a/token_budget+compile"] = row(45.0)  # slower with the switch: only the default mode is reported
+    assert set(bench.all_ratios(results, {})) == {"a/b", "a/b2", "a/c"}

@@ -86,3 +86,16 @@ def test_unlabelled_split_and_extra_references(tmp_path: Path) -> None:
     assert read_dialogue_csv(test, labelled=False).fnames == ["t_0"]
     gold = write_csv(tmp_path / "g.csv", "fname,dialogue,summary,summary2,summary1\ng,대화,가,다,나\n")
     assert read_dialogue_csv(gold, labelled=True).references == [["가", "나", "다"]]
+
+
+@pytest.mark.parametrize("cell", ["\u200b\u200b\u200b", "\u200b \ufeff\u2060", "\u3164", "\u200c\u200d\n\u200b"])
+def test_text_of_only_invisible_characters_names_rows(tmp_path: Path, cell: str) -> None:
+    rows = "".join(f"r_{i},대화 {i},요약 {i},t\n" for i in range(4))
+    rows += f'r_4,"{cell}",요약,t\nr_5,"대화\u200b",요약,t\n'  # a zero-width space inside real text is fine
+    path = write_csv(tmp_path / "z.csv", HEADER + rows)
+    with pytest.raises(DataError) as err:
+        read_dialogue_csv(path, labelled=True)
+    message = str(err.value)
+    assert str(path) in message
+    assert "'dialogue' of only invisible characters (zero-width spaces, ...) in row 5" in message
+    assert "row 6" not in message

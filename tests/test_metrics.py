@@ -1,5 +1,5 @@
-"""Korean-aware ROUGE (tokenizers, agreement with rouge-score, multi-reference max) and PooledMean:
-de-duplication and DDP sync."""
+"""Korean-aware ROUGE (tokenizers, agreement with rouge-score, mean/max over references, the x100 scale,
+settings) and PooledMean: de-duplication and DDP sync."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import importlib.util
 import json
 import math
 import pickle
+import random
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -14,15 +16,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from rouge_score.rouge_scorer import RougeScorer
+from rouge_score.rouge_scorer import RougeScorer, _lcs_table
 
+import dsum.metrics as metrics
 from dsum.metrics import (
     ROUGE_TYPES,
+    KiwiTokenizer,
     KoreanRouge,
-    MorphemeTokenizer,
+    MecabTokenizer,
     PooledMean,
     WhitespaceTokenizer,
     get_tokenizer,
+    lcs_length,
+    metric_settings,
     rouge_scores,
 )
 
@@ -37,11 +43,21 @@ PREDS = [p for p, _ in PAIRS]
 REFS = [r for _, r in PAIRS]
 
 
-def reference_mean_f1(preds: list[str], refs: list[str], tokenizer: object) -> dict[str, float]:
-    """Mean per-example F1 straight from rouge-score's own scorer."""
+def reference_f1(preds: list[str], refs: list[list[str]], tokenizer: object, rule: str) -> dict[str, float]:
+    """Mean per-example F1 x 100 straight from rouge-score's own scorer (``score`` per reference, then the
+    mean over references, or ``score_multi`` for the max)."""
     scorer = RougeScorer(list(ROUGE_TYPES), tokenizer=tokenizer)
-    per_example = [scorer.score(r, p) for p, r in zip(preds, refs)]
-    return {t: sum(s[t].fmeasure for s in per_example) / len(per_example) for t in ROUGE_TYPES}
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for pred, ref_list in zip(preds, refs):
+        if rule == "max":
+            best = scorer.score_multi(ref_list, pred)
+            per_type = {t: best[t].fmeasure for t in ROUGE_TYPES}
+        else:
+            scores = [scorer.score(r, pred) for r in ref_list]
+            per_type = {t: sum(s[t].fmeasure for s in scores) / len(scores) for t in ROUGE_TYPES}
+        for t in ROUGE_TYPES:
+            totals[t] += per_type[t]
+    return {t: 100 * v / len(preds) for t, v in totals.items()}
 
 
 # --- tokenizers -------------------------------------------------------------------------------------
@@ -62,72 +78,163 @@ def test_whitespace_tokenizer(text: str, tokens: list[str]) -> None:
     assert WhitespaceTokenizer().tokenize(text) == tokens
 
 
-def test_whitespace_tokenizer_equates_composed_and_decomposed_hangul() -> None:
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        # A mask is one lowercased token, also glued to its particle or to another mask; Mecab-ko alone
+        # gives `#`, `Person`, `1`, `#`.
+        ("#Person1#은 전화했다.", ["#person1#", "은", "전화", "했", "다"]),
+        ("#Person1# 은 전화했다", ["#person1#", "은", "전화", "했", "다"]),
+        ("#Person1##Person2#에게", ["#person1#", "#person2#", "에게"]),
+        ("#PhoneNumber#로 Jimmy의", ["#phonenumber#", "로", "jimmy", "의"]),
+        # Punctuation is dropped; a newline does not end the analysis.
+        ("집에\n갔다!?", ["집", "에", "갔", "다"]),
+        ("# 해시 #", ["해시"]),
+        ("...", []),
+        ("", []),
+    ],
+)
+def test_mecab_tokenizer_keeps_masks_whole_and_splits_morphemes(text: str, tokens: list[str]) -> None:
+    assert MecabTokenizer().tokenize(text) == tokens
+
+
+def test_mecab_surfaces_match_python_mecab_ko_morphs() -> None:
+    from mecab import MeCab
+
+    text = "두 사람은 저녁으로 무엇을 먹을지 이야기합니다. Jimmy는 3.5km를 달렸다"
+    expected = [m.lower() for m in MeCab().morphs(text) if any(c.isalnum() for c in m)]
+    assert MecabTokenizer().tokenize(text) == expected
+
+
+def test_tokenizers_equate_composed_and_decomposed_hangul() -> None:
     text = "#Person1#은 한국어를 합니다"
     decomposed = unicodedata.normalize("NFD", text)
     assert decomposed != text
-    assert WhitespaceTokenizer().tokenize(decomposed) == WhitespaceTokenizer().tokenize(text)
+    for tokenizer in (WhitespaceTokenizer(), MecabTokenizer()):
+        assert tokenizer.tokenize(decomposed) == tokenizer.tokenize(text)
 
 
-def test_morpheme_tokenizer_keeps_masks_whole_and_splits_particles() -> None:
+def test_kiwi_tokenizer_keeps_masks_whole_and_splits_particles() -> None:
     pytest.importorskip("kiwipiepy")
-    tokens = MorphemeTokenizer().tokenize("#Person1#은 #Person2#에게 Jimmy의 #PhoneNumber#를 알려줬다.")
+    tokens = KiwiTokenizer().tokenize("#Person1#은 #Person2#에게 Jimmy의 #PhoneNumber#를 알려줬다.")
     assert tokens[:4] == ["#person1#", "은", "#person2#", "에게"]
     assert "#phonenumber#" in tokens and "를" in tokens and "jimmy" in tokens
     # Kiwi alone would produce `#Person1` and `#은`; no such fragments and no punctuation survive.
     assert all(t.count("#") in (0, 2) for t in tokens)
     assert "." not in tokens
-    assert MorphemeTokenizer().tokenize("...!?") == []
+    assert KiwiTokenizer().tokenize("...!?") == []
+    assert isinstance(get_tokenizer("morpheme"), KiwiTokenizer)  # the former name still works
 
 
-def test_morpheme_tokenizer_missing_kiwipiepy_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kiwi_tokenizer_missing_kiwipiepy_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "kiwipiepy" else real_find_spec(name, *a)
     )
-    with pytest.raises(ImportError, match=r"pip install kiwipiepy.*dsum\[morpheme\]"):
-        KoreanRouge(tokenizer="morpheme")
+    with pytest.raises(ImportError, match=r"pip install kiwipiepy"):
+        KoreanRouge(tokenizer="kiwi")
+
+
+def test_mecab_missing_fails_when_the_metric_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics._mecab.cache_clear()
+    monkeypatch.setitem(sys.modules, "mecab", None)  # `import mecab` raises ImportError
+    try:
+        with pytest.raises(ImportError, match=r"pip install python-mecab-ko.*whitespace or kiwi"):
+            KoreanRouge()
+    finally:
+        metrics._mecab.cache_clear()
+
+
+def test_the_analyser_loads_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mecab
+
+    built = []
+
+    class CountingMeCab(mecab.MeCab):
+        def __init__(self, *args, **kwargs) -> None:
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    metrics._mecab.cache_clear()
+    monkeypatch.setattr(mecab, "MeCab", CountingMeCab)
+    try:
+        for _ in range(3):  # three validations, a metric per stage, a one-shot score
+            metric = KoreanRouge()
+            metric.update(PREDS, REFS, list(range(len(PREDS))))
+            metric.compute()
+        rouge_scores(PREDS, REFS)
+        assert len(built) == 1
+    finally:
+        metrics._mecab.cache_clear()
 
 
 def test_get_tokenizer_rejects_unknown_names_and_objects() -> None:
-    with pytest.raises(ValueError, match=r"'mecab'.*whitespace, morpheme"):
-        get_tokenizer("mecab")
+    with pytest.raises(ValueError, match=r"'spacy'.*mecab, kiwi, whitespace"):
+        get_tokenizer("spacy")
     with pytest.raises(TypeError, match="tokenize"):
         get_tokenizer(object())  # type: ignore[arg-type]
 
 
-# --- agreement with rouge-score and the Hangul pitfall -----------------------------------------------
+# --- agreement with rouge-score, the scale and the Hangul pitfall --------------------------------------
 
-def test_matches_rouge_score_with_the_same_tokenizer() -> None:
-    expected = reference_mean_f1(PREDS, REFS, WhitespaceTokenizer())
-    one_shot = rouge_scores(PREDS, REFS)
-    metric = KoreanRouge()
+def test_lcs_matches_rouge_scores_table() -> None:
+    rng = random.Random(0)
+    for _ in range(500):
+        a = [rng.choice("abcde") for _ in range(rng.randint(0, 90))]  # > 64 tokens: several machine words
+        b = [rng.choice("abcde") for _ in range(rng.randint(0, 90))]
+        expected = _lcs_table(a, b)[-1][-1] if a and b else 0
+        assert lcs_length(a, b) == expected == lcs_length(b, a)
+
+
+@pytest.mark.parametrize("tokenizer", [WhitespaceTokenizer(), MecabTokenizer()], ids=["whitespace", "mecab"])
+def test_matches_rouge_score_with_the_same_tokenizer_times_100(tokenizer) -> None:
+    expected = reference_f1(PREDS, [[r] for r in REFS], tokenizer, "mean")
+    one_shot = rouge_scores(PREDS, REFS, tokenizer)
+    metric = KoreanRouge(tokenizer)
     metric.update(PREDS[:2], REFS[:2], torch.tensor([0, 1]))
     metric.update(PREDS[2:], REFS[2:], torch.tensor([2, 3, 4]))
     streamed = metric.compute()
     for result in (one_shot, streamed):
         for t in ROUGE_TYPES:
-            assert result[t] == pytest.approx(expected[t], abs=1e-6)
-        assert result["rouge_mean"] == pytest.approx(100 * sum(expected.values()) / 3, abs=1e-4)
+            assert result[t] == pytest.approx(expected[t], abs=1e-9)
+        assert result["rouge_mean"] == pytest.approx(sum(expected.values()) / 3, abs=1e-9)
         assert result["count"] == len(PAIRS)
+    assert 1 < one_shot["rouge_mean"] < 100  # all four on one scale: x 100, not fractions
 
 
-def test_morpheme_scores_match_rouge_score_with_the_same_tokenizer() -> None:
-    pytest.importorskip("kiwipiepy")
-    expected = reference_mean_f1(PREDS, REFS, MorphemeTokenizer())
-    result = rouge_scores(PREDS, REFS, tokenizer="morpheme")
-    for t in ROUGE_TYPES:
-        assert result[t] == pytest.approx(expected[t], abs=1e-6)
+def test_defaults_are_the_official_style_metric() -> None:
+    metric = KoreanRouge()
+    assert isinstance(metric.tokenizer, MecabTokenizer) and metric.references == "mean"
+    assert metric.settings() == {"name": "rouge", "tokenizer": "mecab", "references": "mean", "scale": 100}
+    assert rouge_scores(PREDS, REFS) == rouge_scores(PREDS, REFS, "mecab", "mean")
+    assert rouge_scores(PREDS, REFS) != rouge_scores(PREDS, REFS, "whitespace")
     # Morphemes match `가기로` in `가기로 했습니다` / `결정했습니다` better than whole words do.
-    assert result["rouge1"] > rouge_scores(PREDS, REFS)["rouge1"]
+    assert rouge_scores(PREDS, REFS)["rouge1"] > rouge_scores(PREDS, REFS, "whitespace")["rouge1"]
+
+
+def test_settings_name_the_tokenizer_and_rule() -> None:
+    assert KoreanRouge("whitespace", references="max").settings() == {
+        "name": "rouge", "tokenizer": "whitespace", "references": "max", "scale": 100,
+    }
+    assert metric_settings("morpheme")["tokenizer"] == "kiwi"
+    with pytest.raises(ValueError, match=r"'median'.*mean, max"):
+        KoreanRouge(references="median")
+
+
+def test_kiwi_scores_match_rouge_score_with_the_same_tokenizer() -> None:
+    pytest.importorskip("kiwipiepy")
+    expected = reference_f1(PREDS, [[r] for r in REFS], KiwiTokenizer(), "mean")
+    result = rouge_scores(PREDS, REFS, tokenizer="kiwi")
+    for t in ROUGE_TYPES:
+        assert result[t] == pytest.approx(expected[t], abs=1e-9)
 
 
 def test_default_rouge_score_tokenizer_deletes_hangul() -> None:
     pred, ref = "오늘 날씨가 정말 좋네요", "오늘은 날씨가 좋네요"
     default = RougeScorer(list(ROUGE_TYPES)).score(ref, pred)
     assert all(default[t].fmeasure == 0.0 for t in ROUGE_TYPES)
-    ours = rouge_scores([pred], [ref])
-    assert ours["rouge1"] == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))  # 날씨가, 좋네요
+    ours = rouge_scores([pred], [ref], "whitespace")
+    assert ours["rouge1"] == pytest.approx(100 * 2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))  # 날씨가, 좋네요
     # With masks, the default tokenizer scores only the `person1` fragments: plausible, and wrong.
     masked = RougeScorer(["rouge1"]).score("#Person1#은 완전히 다른 이야기를 합니다", "#Person1#은 집에 갑니다")
     assert masked["rouge1"].fmeasure == 1.0
@@ -135,25 +242,51 @@ def test_default_rouge_score_tokenizer_deletes_hangul() -> None:
 
 # --- multiple references ----------------------------------------------------------------------------
 
-def test_multi_reference_takes_the_best_f1_per_rouge_type() -> None:
-    pred = "가 나 다 라"
-    refs = ["라 다 나 가", "가 나 마 바"]  # all unigrams but no bigram / two unigrams and one bigram
-    result = rouge_scores([pred], [refs])
-    assert result["rouge1"] == pytest.approx(1.0)  # from the first reference
-    assert result["rouge2"] == pytest.approx(1 / 3)  # from the second
-    assert result["rougeL"] == pytest.approx(0.5)  # LCS `가 나` with the second
-    assert rouge_scores([pred], [[refs[1]]]) == rouge_scores([pred], [refs[1]])
+PRED = "가 나 다 라"
+TWO_REFS = ["라 다 나 가", "가 나 마 바"]  # all unigrams but no bigram / two unigrams and one bigram
+
+
+def test_multi_reference_mean_is_the_default() -> None:
+    result = rouge_scores([PRED], [TWO_REFS], "whitespace")
+    assert result["rouge1"] == pytest.approx(100 * (1.0 + 0.5) / 2)
+    assert result["rouge2"] == pytest.approx(100 * (0 + 1 / 3) / 2)
+    assert result["rougeL"] == pytest.approx(100 * (0.25 + 0.5) / 2)  # LCS 1 / LCS `가 나`
+    # One of two references as the prediction scores below 100 (the organizers' "a reference scores ~70").
+    own = rouge_scores([TWO_REFS[0]], [TWO_REFS], "whitespace")
+    assert own["rouge1"] == pytest.approx(75.0) and own["rouge2"] == pytest.approx(50.0)
+    assert rouge_scores([TWO_REFS[0]], [TWO_REFS], "whitespace", "max")["rouge_mean"] == pytest.approx(100.0)
+
+
+def test_multi_reference_max_takes_the_best_f1_per_rouge_type() -> None:
+    result = rouge_scores([PRED], [TWO_REFS], "whitespace", references="max")
+    assert result["rouge1"] == pytest.approx(100.0)  # from the first reference
+    assert result["rouge2"] == pytest.approx(100 / 3)  # from the second
+    assert result["rougeL"] == pytest.approx(50.0)  # LCS `가 나` with the second
+    for rule in ("mean", "max"):
+        assert rouge_scores([PRED], [[TWO_REFS[1]]], "whitespace", rule) == rouge_scores(
+            [PRED], [TWO_REFS[1]], "whitespace", rule)
+
+
+@pytest.mark.parametrize("rule", ["mean", "max"])
+def test_multi_reference_rules_match_rouge_score(rule: str) -> None:
+    refs = [[r, p] if i % 2 else [r, REFS[(i + 1) % len(REFS)], p[::-1]] for i, (p, r) in enumerate(PAIRS)]
+    tokenizer = MecabTokenizer()
+    expected = reference_f1(PREDS, refs, tokenizer, rule)
+    result = KoreanRouge(tokenizer, references=rule)
+    result.update(PREDS, refs, list(range(len(PREDS))))
+    for t in ROUGE_TYPES:
+        assert result.compute()[t] == pytest.approx(expected[t], abs=1e-9)
 
 
 # --- the Metric: de-duplication, empty state, validation ----------------------------------------------
 
 def test_duplicate_indices_count_once_keeping_the_first() -> None:
-    metric = KoreanRouge()
+    metric = KoreanRouge("whitespace")
     metric.update(["오늘 날씨가 좋다", "전혀 다른 말"], ["오늘 날씨가 좋다", "내일 비가 온다"], [0, 1])
     metric.update(["완전히 틀린 요약"], ["오늘 날씨가 좋다"], [0])  # a sampler's padded repeat of example 0
     result = metric.compute()
     assert result["count"] == 2
-    assert result["rouge1"] == pytest.approx(0.5)
+    assert result["rouge1"] == pytest.approx(50.0)
 
 
 def test_without_indices_nothing_is_deduplicated() -> None:

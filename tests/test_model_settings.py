@@ -28,3 +28,20 @@ def test_decoded_summaries_are_one_line(tiny_models) -> None:
     module = Seq2SeqSummarizer(pretrained=str(tiny_models["bart"]))
     ids = module.tokenizer(["#Person1#은\n집에  갔다.\t"], return_tensors="pt")["input_ids"]
     assert module.decode(ids) == ["#Person1#은 집에 갔다."]  # a newline would split the submission's CSV field
+
+
+def test_decoder_only_generation_must_fit_the_positions_too(tiny_models) -> None:
+    import pytest
+
+    from dsum.models.base import GenerationSettings, InputLayout
+
+    limit = CausalLMSummarizer(pretrained=str(tiny_models["gpt2"])).position_limit()
+    fits = InputLayout(encoder_max_len=limit - 100, decoder_max_len=64, source_suffix="\n요약: ")
+    # Prompt + 100 generated tokens (the default max_new_tokens) fit exactly.
+    CausalLMSummarizer(pretrained=str(tiny_models["gpt2"]), input_layout=fits)
+    with pytest.raises(ValueError, match=r"data\.encoder_max_len=\d+ \+ model\.generation\.max_new_tokens=101 exceeds"):
+        CausalLMSummarizer(pretrained=str(tiny_models["gpt2"]), input_layout=fits,
+                           generation=GenerationSettings(max_new_tokens=101))
+    # An encoder-decoder model's summary has its own positions.
+    Seq2SeqSummarizer(pretrained=str(tiny_models["bart"]), generation=GenerationSettings(max_new_tokens=5000),
+                      input_layout=InputLayout(encoder_max_len=512))

@@ -51,10 +51,30 @@ def test_cli_scores_a_file_against_itself_as_100(gold: Path) -> None:
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert result["rouge_mean"] == 100.0
-    assert result["rouge1"] == result["rouge2"] == result["rougeL"] == 1.0
+    assert result["rouge_mean"] == result["rouge1"] == result["rouge2"] == result["rougeL"] == 100.0
     assert result["count"] == len(pd.read_csv(gold))
-    assert result["tokenizer"] == "whitespace"
+    # The official-style metric by default, and its settings in the JSON.
+    assert result["metric"] == {"name": "rouge", "tokenizer": "mecab", "references": "mean", "scale": 100}
+
+
+def test_cli_options_choose_tokenizer_and_reference_rule(
+    gold: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = pd.read_csv(gold, dtype=str, keep_default_na=False)
+    pred = frame.assign(summary=frame["summary"].str.replace("니다", "니다 그리고", regex=False))
+    pred_path = tmp_path / "pred.csv"
+    pred.to_csv(pred_path, index=False)
+    results = {}
+    for tokenizer in ("mecab", "whitespace"):
+        main(["--pred", str(pred_path), "--gold", str(gold), "--tokenizer", tokenizer, "--references", "max"])
+        results[tokenizer] = json.loads(capsys.readouterr().out)
+        assert results[tokenizer]["metric"]["tokenizer"] == tokenizer
+        assert results[tokenizer]["metric"]["references"] == "max"
+        assert 0 < results[tokenizer]["rouge_mean"] < 100
+    assert results["mecab"]["rouge1"] != results["whitespace"]["rouge1"]
+    with pytest.raises(SystemExit):
+        main(["--pred", str(pred_path), "--gold", str(gold), "--references", "median"])
+    assert "invalid choice: 'median'" in capsys.readouterr().err
 
 
 def test_cli_mismatch_lists_missing_and_extra_fnames_without_traceback(gold: Path, tmp_path: Path) -> None:
@@ -83,7 +103,7 @@ def test_bom_and_unnamed_index_column_are_tolerated(gold: Path, tmp_path: Path) 
     assert score_files(pred_path, gold)["rouge_mean"] == 100.0
 
 
-def test_extra_reference_columns_take_the_best(tmp_path: Path) -> None:
+def test_extra_reference_columns_mean_or_max(tmp_path: Path) -> None:
     gold = tmp_path / "gold.csv"
     pd.DataFrame(
         {
@@ -97,16 +117,23 @@ def test_extra_reference_columns_take_the_best(tmp_path: Path) -> None:
     pd.DataFrame({"fname": ["b", "a"], "summary": ["두 사람이 영화를 보러 갑니다.", "#Person1#은 학교에 갑니다."]}).to_csv(
         pred, index=False
     )
-    result = score_files(pred, gold)
-    assert result["rouge_mean"] == 100.0
-    assert result["count"] == 2
+    best = score_files(pred, gold, tokenizer="whitespace", references="max")
+    assert best["rouge_mean"] == 100.0
+    assert best["count"] == 2
+    # The mean over each row's non-empty references: a: 학교 ref 100, 집 ref 3/4 words, unrelated ref 0;
+    # b: 두 사람이 ... ref 100 and `두 사람은 영화를 봅니다` (두, 영화를: 2 of 5 / 4 words); the empty one skipped.
+    mean = score_files(pred, gold, tokenizer="whitespace")
+    a1 = (100 + 100 * 3 / 4 + 0) / 3
+    b1 = (100 + 100 * 2 * (2 / 5) * (2 / 4) / (2 / 5 + 2 / 4)) / 2
+    assert mean["rouge1"] == pytest.approx((a1 + b1) / 2)
+    assert mean["metric"]["references"] == "mean"
 
 
-def test_morpheme_tokenizer_option(gold: Path) -> None:
+def test_kiwi_tokenizer_option(gold: Path) -> None:
     pytest.importorskip("kiwipiepy")
-    result = score_files(gold, gold, tokenizer="morpheme")
+    result = score_files(gold, gold, tokenizer="kiwi")
     assert result["rouge_mean"] == 100.0
-    assert result["tokenizer"] == "morpheme"
+    assert result["metric"]["tokenizer"] == "kiwi"
 
 
 def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:

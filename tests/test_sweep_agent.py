@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import random
@@ -16,7 +17,7 @@ from transformers import AutoModelForSeq2SeqLM
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
 from dsum.files import atomic_write_dir
-from dsum.sweep.registry import current_best, promote_if_better
+from dsum.sweep.registry import EvaluationKey, current_best, promote_if_better, versions
 from dsum.sweep.spec import load_sweep, sample_params
 from tests.conftest import REPO, SAMPLE
 
@@ -72,6 +73,9 @@ def test_quick_sweep_trial_runs_with_the_swept_values(tiny_models, tmp_path) -> 
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
 
 
+KEY = EvaluationKey("val/rouge_mean", "maximize", {"name": "rouge"}, "d" * 64)
+
+
 def _export(model_dir: Path, target: Path, tag: str) -> Path:
     def fill(staging: Path) -> None:
         AutoModelForSeq2SeqLM.from_pretrained(model_dir).save_pretrained(staging)
@@ -80,22 +84,50 @@ def _export(model_dir: Path, target: Path, tag: str) -> Path:
     return atomic_write_dir(target, fill)
 
 
-def _promote(args: tuple[str, float, str]) -> bool:
-    candidate, value, registry = args
-    return promote_if_better(candidate, value, registry=registry, source={"run_id": Path(candidate).parent.name})
+def _promote_after_barrier(barrier, candidate: str, value: float, root: str, queue) -> None:
+    """One worker: wait for the other, then promote with a pause inside the critical section (between reading
+    the incumbent and writing the new version), so two unserialised promotions always overlap."""
+    from dsum.sweep import registry
+
+    read_incumbent = registry.current_best
+
+    def slow_current_best(key_dir):
+        incumbent = read_incumbent(key_dir)
+        time.sleep(1.0)
+        return incumbent
+
+    registry.current_best = slow_current_best
+    barrier.wait()
+    result = registry.promote_if_better(candidate, value, KEY, root, {"run_id": Path(candidate).parent.name})
+    queue.put((Path(candidate).parent.name, result.promoted, result.version))
 
 
-def test_concurrent_promotions_keep_the_better_model(tiny_models, tmp_path) -> None:
-    registry = tmp_path / "models" / "best_model"
-    candidates = [(_export(tiny_models["bart"], tmp_path / f"run{i}" / "best_model", f"run{i}"), value)
-                  for i, value in enumerate([31.0, 42.5, 37.0, 12.0])]
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        results = pool.map(_promote, [(str(c), v, str(registry)) for c, v in candidates])
-    assert results[1] is True  # the best always wins, whatever the order
-    assert current_best(registry)["value"] == 42.5
-    assert (registry / "tag.txt").read_text() == "run1"
-    assert AutoModelForSeq2SeqLM.from_pretrained(registry) is not None
-    assert not [p for p in registry.parent.iterdir() if p.name.startswith(".best_model.") and p.is_dir()]
+def test_concurrent_promotions_are_serialised(tiny_models, tmp_path) -> None:
+    root = tmp_path / "models" / "registry"
+    candidates = {f"run{i}": (_export(tiny_models["bart"], tmp_path / f"run{i}" / "best_model", f"run{i}"), value)
+                  for i, value in enumerate([31.0, 42.5])}
+    # spawn, not fork: a forked child of a process that has run torch can deadlock on a lock held by another thread.
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_promote_after_barrier, args=(barrier, str(c), v, str(root), queue))
+               for c, v in candidates.values()]
+    for worker in workers:
+        worker.start()
+    results = sorted(queue.get(timeout=300) for _ in workers)  # generous: CI machines may be loaded
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    key_dir = root / KEY.slug()
+    promoted = [(run, version) for run, ok, version in results if ok]
+    # Whatever the order: the better model is promoted, every promotion got its own version, and best is the max.
+    assert ("run1", True) in [(run, ok) for run, ok, _ in results]
+    assert sorted(v for _, v in promoted) == versions(key_dir) == list(range(1, len(promoted) + 1))
+    for run, version in promoted:
+        assert (key_dir / f"v{version}" / "tag.txt").read_text() == run
+    assert current_best(key_dir)["metric"]["value"] == 42.5
+    assert (key_dir / "best" / "tag.txt").read_text() == "run1"
+    assert AutoModelForSeq2SeqLM.from_pretrained(key_dir / "best") is not None
+    assert not [p for p in key_dir.iterdir() if ".staging." in p.name]
     # A worse model never replaces it.
-    assert promote_if_better(candidates[2][0], 37.0, registry=registry) is False
-    assert (registry / "tag.txt").read_text() == "run1"
+    assert promote_if_better(candidates["run0"][0], 37.0, KEY, root).promoted is False
+    assert (key_dir / "best" / "tag.txt").read_text() == "run1"

@@ -1,7 +1,7 @@
 """`python -m dsum.sweep local`: W&B sweep YAMLs on Optuna, offline, trials launched as `wandb agent` would.
 
 One test runs the real quick sweep (tiny models, main.py); the others drive the engine with stand-in programs
-(named main.py, as the sweep schema wants) that write a run record the way RunOutputs does, to stay fast.
+(named main.py, as the sweep schema wants) that write a run record the way RunRecord does, to stay fast.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dsum.sweep.spec import SweepSpecError, load_sweep
 from dsum.sweep.summary import trial_record
 from tests.conftest import REPO, SAMPLE
 
-# Writes a run record like RunOutputs: metric = learning_rate x 100; `data.source_prefix: crash` crashes.
+# Writes a run record like RunRecord: metric = learning_rate x 100; `data.source_prefix: crash` crashes.
 FAKE_PROGRAM = '''
 import json, os, sys, time
 from pathlib import Path
@@ -58,14 +58,14 @@ record = {
 (run_dir / "run.json").write_text(json.dumps(record))
 '''
 
-# A real Lightning fit with dsum's RunOutputs and the sweep's pruning callback; val/rouge_mean = lr x 100.
+# A real Lightning fit with dsum's RunRecord and the sweep's pruning callback; val/rouge_mean = lr x 100.
 LIGHTNING_PROGRAM = f"import sys\nsys.path.insert(0, {str(REPO)!r})\n" + '''
 import json, os
 from pathlib import Path
 import lightning.pytorch as L
 import torch
 import yaml
-from dsum.callbacks import RunOutputs
+from dsum.callbacks.record import RunRecord
 from dsum.sweep.pruning import pruning_callbacks
 
 entries = yaml.safe_load(open(os.environ["WANDB_SWEEP_PARAM_PATH"], encoding="utf-8"))
@@ -100,13 +100,13 @@ trainer = L.Trainer(
     default_root_dir=str(Path(os.environ["DSUM_SWEEP_DIR"]) / "runs" / os.environ["WANDB_RUN_ID"]),
     max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
     enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-    callbacks=[RunOutputs(export_best=False), *pruning_callbacks()],
+    callbacks=[RunRecord(), *pruning_callbacks()],
 )
 trainer.fit(Model())
 '''
 
 
-# Waits to be stopped; on SIGTERM records `interrupted` (as RunOutputs does) and exits 143.
+# Waits to be stopped; on SIGTERM records `interrupted` (as RunRecord does) and exits 143.
 SLEEPY_PROGRAM = '''
 import json, os, signal, sys, time
 from pathlib import Path
@@ -190,8 +190,12 @@ def test_quick_sweep_runs_trials_as_the_agent_and_promotes_the_best(tiny_models,
     by_run = {r["run_id"]: r for r in trials}
     assert summary["best_metric"] == best and by_run[summary["best_run_id"]]["best_metric"] == best
     assert summary["states"] == {"completed": 4}
-    registry = in_tmp / "models" / "best_model"
-    assert current_best(registry)["run_id"] == summary["best_run_id"] and current_best(registry)["value"] == best
+    # Sample data: the sandbox registry, never the one real runs use.
+    assert summary["sandbox"] is True and not (in_tmp / "models" / "registry").exists()
+    registry = in_tmp / "models" / "sandbox" / summary["registry_key"] / "best"
+    assert summary["registry_version"] == 1 and registry.resolve().name == "v1"
+    assert current_best(registry.parent)["run_id"] == summary["best_run_id"]
+    assert current_best(registry.parent)["metric"]["value"] == best
     exported = Path(by_run[summary["best_run_id"]]["best_model"])
     assert (registry / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
     assert AutoModelForSeq2SeqLM.from_pretrained(registry) is not None
@@ -280,7 +284,7 @@ def test_grid_runs_each_combination_once_across_workers(in_tmp, capsys) -> None:
     assert sum(" completed val/rouge_mean=" in line for line in out.splitlines()) == 6
 
 
-def test_rerun_resumes_the_study_and_fails_trials_whose_worker_died(in_tmp, capsys) -> None:
+def test_rerun_resumes_the_study_and_requeues_trials_whose_worker_died(in_tmp, capsys) -> None:
     path = write_sweep(in_tmp, GRID)
     run_local(path, count=2)
     study = load_study(in_tmp, path)
@@ -295,13 +299,25 @@ def test_rerun_resumes_the_study_and_fails_trials_whose_worker_died(in_tmp, caps
 
     out = capsys.readouterr().out
     assert f"trial {orphan.number} t0002-dead marked failed" in out and "resuming with 2 finished trials" in out
+    assert "queued again (retry 1 of 2)" in out
     trials = sorted(load_study(in_tmp, path).get_trials(), key=lambda t: t.number)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 4
     assert trials[2].user_attrs[STATE_ATTR] == "failed" and "died" in trials[2].user_attrs["dsum_error"]
     assert load_study(in_tmp, path).user_attrs[GRID_ATTR] == 6  # queued once, not again on resume
+    # The dead trial's combination ran again (last, with the same values), every combination exactly once.
+    retry = trials[-1]
+    assert retry.user_attrs[PARAMS_ATTR] == trials[2].user_attrs[PARAMS_ATTR]
+    assert retry.user_attrs["dsum_retry"] == 1 and retry.user_attrs["dsum_retry_of"] == 2
     ran = [(r["sweep_params"]["learning_rate"], r["sweep_params"]["num_beams"]) for r in records(in_tmp)]
-    assert sorted(ran) == sorted(GRID_ORDER[:2] + GRID_ORDER[3:])  # nothing repeated; the dead one not rerun
-    assert summary["states"] == {"completed": 5}
+    assert sorted(ran) == GRID_ORDER
+    assert summary["states"] == {"completed": 6} and summary["stop_reason"] == "grid complete (6 combinations)"
+    assert summary["retries"] == [{
+        "trial": 2, "run_id": "t0002-dead", "params": {"learning_rate": 0.2, "num_beams": 1},
+        "reason": trials[2].user_attrs["dsum_error"],
+        "retried_as": {"trial": retry.number, "run_id": retry.user_attrs[RUN_ID_ATTR], "attempt": 1,
+                       "state": "completed"}}]
+    written = json.loads((in_tmp / "outputs" / "sweep_fake" / f"{study.study_name}_summary.json").read_text())
+    assert written["retries"] == summary["retries"]
 
 
 def test_run_cap_counts_every_trial_in_the_study(in_tmp) -> None:
@@ -440,3 +456,109 @@ def test_a_clearly_worse_trial_is_pruned(in_tmp) -> None:
     assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: pytest.approx(10.0)}
     assert trial.user_attrs[STATE_ATTR] == "pruned" and math.isclose(trial.user_attrs["metric"], 10.0)
     assert summary["states"] == {"completed": 1, "pruned": 1} and summary["best_run_id"] == good["run_id"]
+
+
+# ------------------------------------------------------------------------------------------- killed sweeps
+# Records `running`, works for `DSUM_TEST_TRIAL_SECONDS`, then records `completed` (metric = lr x 100);
+# on SIGTERM records `interrupted` and exits 143, as main.py does.
+SLOW_PROGRAM = '''
+import json, os, signal, sys, time
+from pathlib import Path
+import yaml
+
+entries = yaml.safe_load(open(os.environ["WANDB_SWEEP_PARAM_PATH"], encoding="utf-8"))
+entries.pop("wandb_version", None)
+params = {name: entry["value"] for name, entry in entries.items()}
+run_dir = Path(os.environ["DSUM_SWEEP_DIR"]) / "runs" / os.environ["WANDB_RUN_ID"]
+run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write(status, **extra):
+    record = {"run_id": os.environ["WANDB_RUN_ID"], "status": status, "monitor": "val/rouge_mean",
+              "sweep_params": params, "wandb": {"sweep_id": os.environ["WANDB_SWEEP_ID"]}, "pid": os.getpid(),
+              "history": [{"stage": "fit", "status": status, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+              **extra}
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+
+def on_sigterm(signum, frame):
+    write("interrupted")
+    sys.exit(143)
+
+
+signal.signal(signal.SIGTERM, on_sigterm)
+write("running")
+time.sleep(float(os.environ.get("DSUM_TEST_TRIAL_SECONDS", "1")))
+write("completed", best_metric=params["learning_rate"] * 100)
+'''
+GRID4 = {"learning_rate": {"values": [0.1, 0.2]}, "num_beams": {"values": [1, 2]}}
+
+
+def start_sweep(path: Path, **env: str) -> subprocess.Popen:
+    """`python -m dsum.sweep local` in its own process group (as a terminal or a scheduler starts it)."""
+    return subprocess.Popen([sys.executable, "-m", "dsum.sweep", "local", str(path)], cwd=path.parent,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_trials(tmp_path: Path, status: str, timeout: float = 120) -> list[dict]:
+    """The trials whose record says ``status``, once there is one (records being written may not parse yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = [r for r in records(tmp_path) if r["status"] == status]
+        except (FileNotFoundError, ValueError):
+            found = []
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no {status} trial within {timeout}s")
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_sweep_process_group_loses_no_grid_combination(in_tmp) -> None:
+    path = write_sweep(in_tmp, GRID4, program=SLOW_PROGRAM)
+    sweep = start_sweep(path, DSUM_TEST_TRIAL_SECONDS="1")
+    # Trial 0 completes; kill everything (driver and trial) while trial 1 runs.
+    wait_for_trials(in_tmp, "completed")
+    killed = wait_for_trials(in_tmp, "running")[0]
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+
+    summary = run_local(path)
+
+    found = records(in_tmp)
+    by_id = {r["run_id"]: r for r in found}
+    assert by_id[killed["run_id"]]["status"] == "failed"  # not `running` forever
+    assert "died" in by_id[killed["run_id"]]["history"][-1]["error"]
+    completed = sorted((r["sweep_params"]["learning_rate"], r["sweep_params"]["num_beams"])
+                       for r in found if r["status"] == "completed")
+    assert completed == [(0.1, 1), (0.1, 2), (0.2, 1), (0.2, 2)]
+    assert summary["states"] == {"completed": 4, "failed": 1}
+    assert [r["run_id"] for r in summary["retries"]] == [killed["run_id"]]
+    assert summary["retries"][0]["retried_as"]["state"] == "completed"
+    csv_rows = (in_tmp / "outputs" / "sweep_fake" / f"{local_study_id(path)}_runs.csv").read_text()
+    assert ",running," not in csv_rows
+
+
+@pytest.mark.slow
+def test_a_killed_driver_takes_its_trial_down_and_the_worker_limit_holds(in_tmp) -> None:
+    path = write_sweep(in_tmp, GRID4, program=SLOW_PROGRAM)
+    sweep = start_sweep(path, DSUM_TEST_TRIAL_SECONDS="60")
+    trial = wait_for_trials(in_tmp, "running")[0]
+    os.kill(sweep.pid, signal.SIGKILL)  # the driver alone
+    sweep.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{trial['pid']}").exists():
+        time.sleep(0.1)
+    assert not Path(f"/proc/{trial['pid']}").exists(), "the trial outlived its driver"
+    assert json.loads((in_tmp / "outputs" / "sweep_fake" / "runs" / trial["run_id"] / "run.json").read_text()
+                      )["status"] == "interrupted"
+
+    os.environ["DSUM_TEST_TRIAL_SECONDS"] = "0"
+    try:
+        summary = run_local(path, workers=1)
+    finally:
+        del os.environ["DSUM_TEST_TRIAL_SECONDS"]
+    assert summary["states"] == {"completed": 4, "interrupted": 1}
+    assert summary["retries"][0]["run_id"] == trial["run_id"]

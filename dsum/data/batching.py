@@ -4,16 +4,20 @@ Every rank builds the same global list of batches from (seed, epoch), then takes
 ``num_replicas``-th batch. The list is padded by repeating its first batches up to a multiple of
 ``num_replicas``, so all ranks run the same number of steps and none waits forever in a collective.
 Evaluation code de-duplicates by example index (see :class:`dsum.metrics.KoreanRouge`).
+
+A training run interrupted mid-epoch resumes exactly: :class:`ResumableDataLoader` counts the batches of the
+current epoch it has handed to the trainer; its :meth:`~ResumableDataLoader.state_dict` goes into checkpoints
+(the data module saves it) and, restored, makes the sampler skip the batches already trained on.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 BatchingMode = Literal["random", "length_grouped", "token_budget", "sorted"]
 
@@ -84,10 +88,32 @@ class DialogueBatchSampler(Sampler[list[int]]):
         self.concatenated = concatenated
         self.epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Make the next iteration over ``epoch`` start after its first ``batches`` batches (this rank's), which a
+        resumed run has already trained on. Iterations over other epochs are unaffected; it applies once."""
+        if batches < 0:
+            raise ValueError(f"cannot resume after a negative number of batches ({batches})")
+        self._resume = (epoch, batches)
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """This rank's number of batches in ``epoch`` (``token_budget`` packing can differ between epochs)."""
+        current, self.epoch = self.epoch, epoch
+        try:
+            return len(self)
+        finally:
+            self.epoch = current
+
+    def start_batch(self) -> int:
+        """How many of the current epoch's batches the next iteration skips (see :meth:`resume_at`)."""
+        if self._resume is not None and self._resume[0] == self.epoch:
+            return min(self._resume[1], len(self))
+        return 0
 
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch])
@@ -172,10 +198,61 @@ class DialogueBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        start = self.start_batch()
+        self._resume = None
         batches = self.global_batches()
         total = len(self) * self.num_replicas
         padded = batches + [batches[i % len(batches)] for i in range(total - len(batches))] if batches else []
-        yield from padded[self.rank :: self.num_replicas]
+        yield from padded[self.rank :: self.num_replicas][start:]
 
     def __len__(self) -> int:
         return math.ceil(len(self.global_batches()) / self.num_replicas)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`DialogueBatchSampler` that knows its position within the epoch.
+
+    It counts the batches of the current epoch it has handed out (not those its workers prepared ahead), so a
+    checkpoint written after a training step holds how many batches that epoch has trained on. Restoring that
+    state makes the next iteration over the same epoch skip them: a run interrupted mid-epoch and resumed sees
+    the batches an uninterrupted run sees, in order. ``len()`` stays the full epoch, as Lightning's progress
+    counters expect. Lightning also recognises the loader as resumable (``state_dict``/``load_state_dict``).
+    """
+
+    batch_sampler: DialogueBatchSampler
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: the sampler is read at the first batch, after Lightning's `set_epoch`.
+        sampler = self.batch_sampler
+        if not isinstance(sampler, DialogueBatchSampler):  # replaced by Lightning (e.g. overfit_batches)
+            yield from super().__iter__()
+            return
+        self._position = (sampler.epoch, sampler.start_batch())
+        for batch in super().__iter__():
+            self._position = (self._position[0], self._position[1] + 1)
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``epoch`` and ``batches``: how many of that epoch's batches were handed out (0 before the first)."""
+        if not isinstance(self.batch_sampler, DialogueBatchSampler):
+            return {}
+        epoch, batches = getattr(self, "_position", (self.batch_sampler.epoch, 0))
+        return {"epoch": epoch, "batches": batches, "num_batches": self.batch_sampler.batches_in_epoch(epoch)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume within ``state["epoch"]`` after ``state["batches"]`` batches.
+
+        Raises:
+            ValueError: the saved epoch had a different number of batches (other data, batch size or world size).
+        """
+        if not state or not isinstance(self.batch_sampler, DialogueBatchSampler):
+            return
+        expected = self.batch_sampler.batches_in_epoch(int(state["epoch"]))
+        if state.get("num_batches", expected) != expected:
+            raise ValueError(
+                f"the checkpoint's training epoch {state['epoch']} had {state['num_batches']} batches, this run's "
+                f"has {expected}: resume with the same data.train_file, data.batching, data.batch_size, "
+                "data.max_tokens, seed and devices"
+            )
+        self.batch_sampler.resume_at(int(state["epoch"]), int(state["batches"]))
+        self._position = (int(state["epoch"]), int(state["batches"]))

@@ -17,8 +17,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from dsum.data.batching import DialogueBatchSampler
+from dsum.data.batching import DialogueBatchSampler, ResumableDataLoader
 from dsum.data.io import BadRowPolicy, DialogueTable, read_dialogue_csv
+from dsum.data.prompts import PromptBuilder, record_template, resolve_template, saved_template
 from dsum.data.text import DEFAULT_MASKS, TextNormalization, find_masks
 from dsum.data.tokenizer import TokenizerLoader, check_round_trip, load_tokenizer
 
@@ -85,7 +86,14 @@ class DialogueDataModule(L.LightningDataModule):
         source_prefix: Text put before every dialogue, e.g. ``"summarize: "`` for T5.
         source_suffix: Text put after every dialogue; decoder-only models use it as the separator
             between the dialogue and the summary, e.g. ``"\\n요약: "``.
-        decoder_only: Lay out examples for a decoder-only model. ``None`` (default): ask the model.
+        decoder_only: Lay out examples for a decoder-only model. ``main.py`` sets it from the model class
+            (its ``decoder_only`` attribute); set it yourself when building the module in code.
+        prompt_template: Lay examples out as instruction prompts (decoder-only LLMs, ``InstructSummarizer``):
+            a name from :data:`dsum.data.prompts.PROMPT_TEMPLATES` (``chat``: the tokenizer's chat template;
+            ``chat_system``; ``alpaca``: ``### Instruction / ### Input / ### Output``; ``plain_ko``) or a plain
+            template text with a ``{dialogue}`` slot. The target is the summary plus the end-of-turn token;
+            truncation shortens the dialogue only. ``None``: the template saved with the tokenizer (an exported
+            instruction model), else the plain ``source_prefix + dialogue + source_suffix`` layout.
         normalization: Text clean-up applied to dialogues and summaries.
         extra_special_tokens: Masks added as special tokens even when the data does not contain them.
         val_subset: Validate on a fixed subset of this many dev examples (same subset for every run).
@@ -119,7 +127,8 @@ class DialogueDataModule(L.LightningDataModule):
         decoder_max_len: int = 100,
         source_prefix: str = "",
         source_suffix: str = "",
-        decoder_only: bool | None = None,
+        decoder_only: bool = False,
+        prompt_template: str | None = None,
         normalization: TextNormalization = TextNormalization(),
         extra_special_tokens: list[str] = list(DEFAULT_MASKS),
         val_subset: int | None = None,
@@ -145,12 +154,15 @@ class DialogueDataModule(L.LightningDataModule):
         self.decoder_max_len = decoder_max_len
         self.source_prefix = source_prefix
         self.source_suffix = source_suffix
-        self._decoder_only = decoder_only
+        self.decoder_only = decoder_only
         self.normalization = normalization
         self.val_subset = val_subset
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir)
         self.seed = seed
+        # The training loader's position within its epoch: saved in checkpoints, restored on resume.
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict[str, int] | None = None
 
         self.splits: dict[Split, SplitData] = {
             split: self._read_split(split, path, on_bad_rows)
@@ -159,6 +171,7 @@ class DialogueDataModule(L.LightningDataModule):
         }
         tokenizer = load_tokenizer(tokenizer_name, tokenizer_loader, tokenizer_kwargs, trust_remote_code)
         self.tokenizer = self._prepare_tokenizer(tokenizer_name, extra_special_tokens, tokenizer)
+        self.prompt = self._prompt_builder(prompt_template)
         self.truncation = TruncationReport()
 
     # ----------------------------------------------------------------------------------- settings
@@ -190,14 +203,6 @@ class DialogueDataModule(L.LightningDataModule):
                     f"(data.encoder_max_len + data.decoder_max_len = {encoder_max_len + decoder_max_len}); "
                     "raise max_tokens or lower the max lengths"
                 )
-
-    @property
-    def decoder_only(self) -> bool:
-        """Whether examples are laid out for a decoder-only model (resolved from the model if unset)."""
-        if self._decoder_only is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            return bool(getattr(module, "decoder_only", False))
-        return self._decoder_only
 
     # ------------------------------------------------------------------------------ text and vocab
     def _read_split(self, split: Split, path: str, on_bad_rows: BadRowPolicy) -> SplitData:
@@ -243,6 +248,7 @@ class DialogueDataModule(L.LightningDataModule):
             "source_prefix": self.source_prefix,
             "source_suffix": self.source_suffix,
             "decoder_only": self.decoder_only,
+            **({"prompt": self.prompt.fingerprint()} if self.prompt is not None else {}),
             "labelled": split != "predict",
         }
         return Hasher.hash(parts)
@@ -257,6 +263,8 @@ class DialogueDataModule(L.LightningDataModule):
         return [head + b[:budget] + suffix + tail for b in bodies], [len(b) > budget for b in bodies]
 
     def _tokenize(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if self.prompt is not None:
+            return self._tokenize_prompts(batch, self.prompt)
         tok = self.tokenizer
         head, tail = special_affixes(tok)
         suffix = tok(self.source_suffix, add_special_tokens=False)["input_ids"] if self.source_suffix else []
@@ -274,6 +282,39 @@ class DialogueDataModule(L.LightningDataModule):
             target_head = [] if decoder_only else head
             target_tail = tail if tok.eos_token_id in tail else tail + [tok.eos_token_id]
             targets, tgt_cut = self._encode(batch["summary"], self.decoder_max_len, target_head, target_tail, [])
+            out.update(labels=targets, target_length=[len(t) for t in targets], target_truncated=tgt_cut)
+        return out
+
+    def _prompt_builder(self, value: str | None) -> PromptBuilder | None:
+        """The instruction-prompt layout, recorded in the tokenizer (saved with exports), or None."""
+        saved = saved_template(self.tokenizer)
+        if value is None and saved is None:
+            if self.decoder_only and not self.source_suffix:
+                raise ValueError(
+                    "a decoder-only model needs a separator between dialogue and summary: set data.source_suffix "
+                    "(configs/kogpt2.yaml uses '\\n요약: '), or data.prompt_template for an instruction LLM"
+                )
+            return None
+        if not self.decoder_only:
+            raise ValueError(
+                f"data.prompt_template={value or saved.get('name')!r} lays out prompts for decoder-only models, "
+                "but data.decoder_only is false (the model class is not decoder-only)"
+            )
+        if self.source_prefix or self.source_suffix:
+            raise ValueError("data.source_prefix / data.source_suffix are not used with data.prompt_template; "
+                             "put the text into the template instead")
+        template = resolve_template(value if value is not None else saved, self.tokenizer)
+        record_template(self.tokenizer, template)
+        rank_zero_info(f"dsum: prompt template {template.name!r}")
+        return PromptBuilder(self.tokenizer, template)
+
+    def _tokenize_prompts(self, batch: dict[str, list[Any]], prompt: PromptBuilder) -> dict[str, list[Any]]:
+        sources, src_cut = prompt.encode_prompts(batch["dialogue"], self.encoder_max_len)
+        out: dict[str, list[Any]] = {
+            "input_ids": sources, "source_length": [len(s) for s in sources], "source_truncated": src_cut,
+        }
+        if "summary" in batch:
+            targets, tgt_cut = prompt.encode_targets(batch["summary"], self.decoder_max_len)
             out.update(labels=targets, target_length=[len(t) for t in targets], target_truncated=tgt_cut)
         return out
 
@@ -362,7 +403,8 @@ class DialogueDataModule(L.LightningDataModule):
             concatenated=self.decoder_only,
         )
         keep = ["index", "input_ids"] + (["labels"] if "labels" in features.column_names else [])
-        return DataLoader(
+        loader_class = ResumableDataLoader if train else DataLoader
+        return loader_class(
             features.select_columns(keep),
             batch_sampler=sampler,
             collate_fn=DialogueCollator(
@@ -372,10 +414,35 @@ class DialogueDataModule(L.LightningDataModule):
             ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Its own generator: making an iterator then draws nothing from the global torch RNG, so training's
+            # random numbers do not depend on when an epoch's iterator is made (a resumed run makes it earlier).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        assert isinstance(loader, ResumableDataLoader)
+        if self._train_loader_state is not None:
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the training loader's position within its epoch (``train_loader``)."""
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the training loader's position: now if the loader exists, else when it is made. (Lightning
+        restores the data module before it asks for the loader; it does not restore loader states itself when
+        the model reads ``trainer.estimated_stepping_batches`` in ``configure_optimizers``, as dsum's does.)"""
+        state = state_dict.get("train_loader")
+        if state is None:
+            return
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(state)
+        else:
+            self._train_loader_state = dict(state)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

@@ -16,6 +16,8 @@ from typing import Literal
 
 import pandas as pd
 
+from dsum.data.text import is_blank
+
 log = logging.getLogger(__name__)
 
 BadRowPolicy = Literal["error", "skip"]
@@ -129,10 +131,16 @@ def read_dialogue_csv(
     problems: list[str] = []
     bad: set[int] = set()
     for column in required:
-        empty = [i for i, v in enumerate(frame[column].tolist()) if v.strip() in _EMPTY_VALUES]
+        values = frame[column].tolist()
+        empty = [i for i, v in enumerate(values) if v.strip() in _EMPTY_VALUES]
         if empty:
             bad.update(empty)
             problems.append(f"empty or NaN {column!r} in {_row_list([i + 1 for i in empty])}")
+        invisible = [i for i, v in enumerate(values) if i not in set(empty) and is_blank(v)]
+        if invisible:
+            bad.update(invisible)
+            problems.append(f"{column!r} of only invisible characters (zero-width spaces, ...) in "
+                            f"{_row_list([i + 1 for i in invisible])}")
     fnames = frame["fname"].str.strip()
     duplicated = fnames[fnames.duplicated(keep="first") & (fnames != "")]
     if not duplicated.empty:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,6 +51,19 @@ class TextNormalization:
         if self.strip_trailing_spaces:
             text = _TRAILING_SPACE.sub("", text).strip()
         return text
+
+
+# Characters that show nothing: format characters (zero-width space/joiners, BOM, word joiner, soft hyphen),
+# controls, separators, and the Hangul fillers (letters by category, blank on screen).
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
+_HANGUL_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: empty, whitespace, or only invisible characters such as zero-width
+    spaces (U+200B), joiners, byte-order marks or Hangul fillers."""
+    return all(ch.isspace() or ch in _HANGUL_FILLERS or unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+               for ch in text)
 
 
 def find_masks(texts: Iterable[str]) -> list[str]:

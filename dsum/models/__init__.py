@@ -2,6 +2,10 @@
 
 from dsum.models.base import GenerationSettings, SummarizerBase
 from dsum.models.causal import CausalLMSummarizer
+from dsum.models.instruct import InstructSummarizer, LoraSettings
 from dsum.models.seq2seq import Seq2SeqSummarizer
 
-__all__ = ["CausalLMSummarizer", "GenerationSettings", "Seq2SeqSummarizer", "SummarizerBase"]
+__all__ = [
+    "CausalLMSummarizer", "GenerationSettings", "InstructSummarizer", "LoraSettings", "Seq2SeqSummarizer",
+    "SummarizerBase",
+]

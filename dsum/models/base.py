@@ -17,11 +17,13 @@ from torchmetrics import MaxMetric
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.optimization import Adafactor, get_scheduler
 
-from dsum.metrics import KoreanRouge, PooledMean
+from dsum.metrics import KoreanRouge, PooledMean, ReferenceRule, TokenizerName
+from dsum.postprocess import PostprocessSettings
 from dsum.secrets import redact
 
 OptimizerName = Literal["adamw", "adafactor"]
 SchedulerName = Literal["cosine", "linear", "cosine_with_restarts", "constant"]
+AttentionName = Literal["sdpa", "eager", "flash_attention_2"]
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rouge_mean")
 
 
@@ -63,19 +65,38 @@ class GenerationSettings:
         return kwargs
 
 
+@dataclass(frozen=True)
+class InputLayout:
+    """What the data module feeds the model: set by ``main.py`` from the ``data.*`` options (a LightningCLI link),
+    so the model checks its limits when it is built, before any data is read.
+
+    Args:
+        encoder_max_len: Longest dialogue in tokens (``data.encoder_max_len``).
+        decoder_max_len: Longest summary in tokens (``data.decoder_max_len``).
+        source_prefix: Text before every dialogue (``data.source_prefix``).
+        source_suffix: Text after every dialogue (``data.source_suffix``).
+    """
+
+    encoder_max_len: int = 512
+    decoder_max_len: int = 100
+    source_prefix: str = ""
+    source_suffix: str = ""
+
+
 class EvalMetrics(torch.nn.Module):
     """One evaluation stage's metrics: ``loss`` (per summary token), ``gen_len`` (generated tokens per
     example) and ``rouge`` (:class:`~dsum.metrics.KoreanRouge`), each de-duplicated by dataset index.
 
     Args:
-        rouge_tokenizer: ROUGE tokenizer name (``whitespace`` or ``morpheme``).
+        rouge_tokenizer: ROUGE tokenizer name (``mecab``, ``kiwi`` or ``whitespace``).
+        rouge_references: ``mean`` or ``max`` over an example's references, per ROUGE type.
     """
 
-    def __init__(self, rouge_tokenizer: str) -> None:
+    def __init__(self, rouge_tokenizer: str, rouge_references: str = "mean") -> None:
         super().__init__()
         self.loss = PooledMean()
         self.gen_len = PooledMean()
-        self.rouge = KoreanRouge(tokenizer=rouge_tokenizer)
+        self.rouge = KoreanRouge(tokenizer=rouge_tokenizer, references=rouge_references)
 
     def compute(self) -> dict[str, float]:
         """``loss``, ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean`` and ``gen_len``, synced across ranks."""
@@ -103,10 +124,21 @@ class SummarizerBase(L.LightningModule, ABC):
         num_cycles: Restarts for ``cosine_with_restarts``.
         label_smoothing: Label smoothing of the cross-entropy loss.
         generation: Decoding settings for validation, test and prediction.
-        rouge_tokenizer: ``whitespace`` (Unicode words, masks kept whole) or ``morpheme`` (Kiwi).
+        rouge_tokenizer: ``mecab`` (Mecab-ko morphemes, the official-style default), ``kiwi`` (Kiwi
+            morphemes; ``morpheme`` is its former name) or ``whitespace`` (Unicode words); masks are one token.
+        rouge_references: With several references per example: ``mean`` (the organizers' rule) or ``max``.
+        postprocess: Clean-ups of every generated summary (mask spacing, repeats, an unfinished last sentence).
         remove_tokens: Strings removed from generated summaries besides the special tokens
             (e.g. ``<usr>``); masks such as ``#Person1#`` are always kept.
         trust_remote_code: Allow a hub model to run its own code. Off unless a config opts in.
+        input_layout: The data's lengths and affixes (linked from ``data.*`` by ``main.py``; pass it yourself
+            when building the model in code). ``None`` skips the checks that need it.
+        compile: ``torch.compile`` every transformer layer (dynamic shapes, so length-grouped batches do not
+            recompile each step). Each process pays the compile time once; off by default (see
+            ``tests/benchmarks/README.md`` for when it pays).
+        attn_implementation: Attention kernels passed to ``from_pretrained``: ``sdpa``, ``eager`` or
+            ``flash_attention_2`` (CUDA, needs ``flash-attn``); ``None`` keeps transformers' choice (``sdpa``
+            where the model supports it).
     """
 
     decoder_only = False
@@ -123,13 +155,18 @@ class SummarizerBase(L.LightningModule, ABC):
         num_cycles: int = 1,
         label_smoothing: float = 0.0,
         generation: GenerationSettings = GenerationSettings(),
-        rouge_tokenizer: Literal["whitespace", "morpheme"] = "whitespace",
+        rouge_tokenizer: TokenizerName = "mecab",
+        rouge_references: ReferenceRule = "mean",
+        postprocess: PostprocessSettings = PostprocessSettings(),
         remove_tokens: list[str] = [],
         trust_remote_code: bool = False,
+        input_layout: InputLayout | None = None,
+        compile: bool = False,
+        attn_implementation: AttentionName | None = None,
     ) -> None:
         super().__init__()
         self._check_settings(learning_rate, weight_decay, warmup_ratio, label_smoothing, generation)
-        self.save_hyperparameters(ignore=["tokenizer"])
+        self.save_hyperparameters(ignore=["tokenizer", "input_layout"])
         # hparams go into checkpoints and logger configs: never with a credential in them.
         for key, value in list(self.hparams.items()):
             self.hparams[key] = redact(value)
@@ -145,10 +182,15 @@ class SummarizerBase(L.LightningModule, ABC):
             # The data's masks were added to the tokenizer; give them embedding rows.
             self.model.resize_token_embeddings(len(self.tokenizer))
         self.model.generation_config = self.generation_config()
+        if input_layout is not None:
+            self.check_layout(input_layout)
         # Evaluation metrics per stage; each counts an example once, also when DDP repeats it on two ranks.
-        self.val_metrics = EvalMetrics(rouge_tokenizer)
-        self.test_metrics = EvalMetrics(rouge_tokenizer)
+        self.val_metrics = EvalMetrics(rouge_tokenizer, rouge_references)
+        self.test_metrics = EvalMetrics(rouge_tokenizer, rouge_references)
+        self.postprocess = postprocess
         self.val_rouge_best = MaxMetric()
+        # Best-so-far survives a resume: its state is saved in checkpoints with the weights.
+        self.val_rouge_best.persistent(True)
 
     @staticmethod
     def _check_settings(learning_rate: float, weight_decay: float, warmup_ratio: float,
@@ -182,19 +224,44 @@ class SummarizerBase(L.LightningModule, ABC):
     def generate_ids(self, batch: dict[str, Any]) -> torch.Tensor:
         """Generated summary token ids (continuation only, padded with the pad id) for one batch."""
 
-    # ------------------------------------------------------------------------------ validation
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            return
+    def loading_kwargs(self) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments of this run's settings (``attn_implementation`` when set)."""
+        attention = self.hparams.get("attn_implementation")
+        return {"attn_implementation": attention} if attention else {}
+
+    def _generate(self, batch: dict[str, Any]) -> torch.Tensor:
+        """:meth:`generate_ids`, with compiled layers run eagerly: each decoding step's longer cache would
+        recompile them (torch's recompile limit is hit within one batch)."""
+        if not getattr(self, "_layers_compiled", False):
+            return self.generate_ids(batch)
+        with torch.compiler.set_stance("force_eager"):
+            return self.generate_ids(batch)
+
+    def configure_model(self) -> None:
+        """With ``compile``: compile each transformer layer (regional compilation) in place, once."""
+        if self.hparams.get("compile") and not getattr(self, "_layers_compiled", False):
+            compile_layers(self.model)
+            self._layers_compiled = True
+
+    # ------------------------------------------------------------------------------ checks
+    def check_layout(self, layout: InputLayout) -> None:
+        """Refuse lengths the model's positions cannot hold (for decoder-only models: prompt plus summary in
+        training, prompt plus ``generation.max_new_tokens`` in generation).
+
+        Raises:
+            ValueError: the longest input does not fit, naming the options to lower.
+        """
         limit = self.position_limit()
-        length = datamodule.encoder_max_len + (datamodule.decoder_max_len if self.decoder_only else 0)
-        if limit is not None and length > limit:
-            raise ValueError(
-                f"data.encoder_max_len={datamodule.encoder_max_len}"
-                + (f" + data.decoder_max_len={datamodule.decoder_max_len}" if self.decoder_only else "")
-                + f" exceeds the model's position limit {limit} ({self.hparams.pretrained}); lower it"
-            )
+        if limit is None:
+            return
+        length, what = layout.encoder_max_len, f"data.encoder_max_len={layout.encoder_max_len}"
+        if self.decoder_only:
+            summary = max(layout.decoder_max_len, self.generation.max_new_tokens)
+            what += (f" + data.decoder_max_len={layout.decoder_max_len}" if summary == layout.decoder_max_len
+                     else f" + model.generation.max_new_tokens={self.generation.max_new_tokens}")
+            length += summary
+        if length > limit:
+            raise ValueError(f"{what} exceeds the model's position limit {limit} ({self.hparams.pretrained}); lower it")
 
     def position_limit(self) -> int | None:
         """Longest input the model's position embeddings allow, or None when unbounded (T5)."""
@@ -261,7 +328,8 @@ class SummarizerBase(L.LightningModule, ABC):
         return loss
 
     def decode(self, ids: torch.Tensor) -> list[str]:
-        """Generated ids to clean summaries: special tokens and `remove_tokens` gone, masks kept."""
+        """Generated ids to clean summaries: special tokens and `remove_tokens` gone, masks kept, then
+        ``postprocess`` applied."""
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
         drop = [t for t in self.tokenizer.all_special_tokens if not re.fullmatch(r"#\w+#", t)]
         drop += self.remove_tokens
@@ -270,13 +338,13 @@ class SummarizerBase(L.LightningModule, ABC):
             for token in drop:
                 text = text.replace(token, " ")
             # One line per summary: a generated newline would split the submission's CSV field.
-            cleaned.append(re.sub(r"\s+", " ", text).strip())
+            cleaned.append(self.postprocess(re.sub(r"\s+", " ", text).strip()))
         return cleaned
 
     def _evaluate(self, batch: dict[str, Any], metrics: EvalMetrics) -> None:
         totals, counts = self.example_losses(batch)
         metrics.loss.update(totals, batch["index"], counts)
-        generated = self.generate_ids(batch)
+        generated = self._generate(batch)
         metrics.gen_len.update((generated != self.tokenizer.pad_token_id).sum(dim=1), batch["index"])
         metrics.rouge.update(self.decode(generated), batch["references"], batch["index"])
 
@@ -300,6 +368,12 @@ class SummarizerBase(L.LightningModule, ABC):
         self.val_rouge_best.update(values["val/rouge_mean"])
         self.log("val/rouge_mean_best", self.val_rouge_best.compute())
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before the best-so-far state was saved: start it afresh, as they did.
+        state = checkpoint.get("state_dict", {})
+        for name, value in self.val_rouge_best.state_dict(prefix="val_rouge_best.").items():
+            state.setdefault(name, value)
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics)
 
@@ -307,7 +381,7 @@ class SummarizerBase(L.LightningModule, ABC):
         self._log_eval("test", self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, str, str]]:
-        summaries = self.decode(self.generate_ids(batch))
+        summaries = self.decode(self._generate(batch))
         return list(zip(batch["index"].tolist(), batch["fname"], summaries))
 
     # ------------------------------------------------------------------------------ optimisation
@@ -355,3 +429,20 @@ class SummarizerBase(L.LightningModule, ABC):
         self.tokenizer.save_pretrained(directory)
         return directory
 
+
+def compile_layers(model: torch.nn.Module) -> int:
+    """``torch.compile(dynamic=True)`` every layer of ``model``'s layer stacks, in place; returns how many.
+
+    A layer stack is a ``ModuleList`` of modules of one class (BART's ``layers``, GPT-2's ``h``, T5's
+    ``block``). Layers of one class share their compiled code, so the compile time is that of one encoder
+    and one decoder layer, and the parts that do not compile well (the gathered output head, generation's
+    Python loop) stay eager.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+            for layer in module:
+                if any(True for _ in layer.parameters()):
+                    layer.compile(dynamic=True)
+                    count += 1
+    return count

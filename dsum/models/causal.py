@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from dsum.models.base import SummarizerBase
+from dsum.models.base import InputLayout, SummarizerBase
 from dsum.models.heads import check_gathered, output_head_only_at
 
 
@@ -22,12 +22,13 @@ class CausalLMSummarizer(SummarizerBase):
     decoder_only = True
 
     def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
-        return AutoModelForCausalLM.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(
+            pretrained, trust_remote_code=trust_remote_code, **self.loading_kwargs()
+        )
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and not datamodule.source_suffix:
+    def check_layout(self, layout: InputLayout) -> None:
+        super().check_layout(layout)
+        if not layout.source_suffix:
             raise ValueError(
                 "CausalLMSummarizer needs a separator between dialogue and summary: set data.source_suffix "
                 "(configs/kogpt2.yaml uses '\\n요약: ')"

@@ -7,8 +7,10 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
-from dsum.models.base import SummarizerBase
+from dsum.models.base import InputLayout, SummarizerBase
+from dsum.models.generation import generation_cache
 from dsum.models.heads import check_gathered, output_head_only_at
 
 
@@ -17,15 +19,22 @@ class Seq2SeqSummarizer(SummarizerBase):
 
     T5-family models expect a task prefix on the source (``data.source_prefix: "summarize: "``);
     a missing prefix is warned about at start.
+
+    In evaluation, generation reuses the encoder output of the batch's loss pass (one encoder pass, not two),
+    and beam search keeps one cross-attention cache (see :mod:`dsum.models.generation`).
     """
 
-    def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
-        return AutoModelForSeq2SeqLM.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+    # Evaluation: the encoder output of the last loss pass without gradients, with the input ids it encoded.
+    _encoded: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and self.model.config.model_type in {"t5", "mt5"} and not datamodule.source_prefix:
+    def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
+        return AutoModelForSeq2SeqLM.from_pretrained(
+            pretrained, trust_remote_code=trust_remote_code, **self.loading_kwargs()
+        )
+
+    def check_layout(self, layout: InputLayout) -> None:
+        super().check_layout(layout)
+        if self.model.config.model_type in {"t5", "mt5"} and not layout.source_prefix:
             rank_zero_warn(
                 f"{self.hparams.pretrained} is a T5-family model but data.source_prefix is empty; "
                 "T5 checkpoints usually expect a prefix such as 'summarize: '"
@@ -43,11 +52,17 @@ class Seq2SeqSummarizer(SummarizerBase):
                 decoder_input_ids=decoder_input_ids,
                 use_cache=False,
             )
+        # Kept for generate_ids on the same batch (validation and test run the loss pass first).
+        self._encoded = None if torch.is_grad_enabled() else (batch["input_ids"], out.encoder_last_hidden_state)
         if gathered:
             return check_gathered(out.logits, keep, self.model), labels[keep]
         return out.logits, labels
 
     def generate_ids(self, batch: dict[str, Any]) -> torch.Tensor:
-        out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        kwargs = generation_cache(self.model, self.generation.num_beams)
+        encoded, self._encoded = self._encoded, None
+        if encoded is not None and encoded[0] is batch["input_ids"] and encoded[1] is not None:
+            kwargs["encoder_outputs"] = BaseModelOutput(last_hidden_state=encoded[1])
+        out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
         # Drop the decoder start token: it is not part of the summary.
         return out[:, 1:]

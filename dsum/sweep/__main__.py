@@ -1,4 +1,4 @@
-"""``python -m dsum.sweep {create,agent,parallel,serial,summarize,local,report}``.
+"""``python -m dsum.sweep {create,agent,parallel,serial,summarize,local,report,registry}``.
 
 W&B sweeps need the W&B server; ``local`` runs the same YAMLs offline on Optuna. Both launch every trial
 exactly as a ``wandb agent`` would: one ``main.py`` process tree per trial.
@@ -6,6 +6,7 @@ exactly as a ``wandb agent`` would: one ``main.py`` process tree per trial.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,9 @@ from typing import Any, Literal
 from jsonargparse import CLI
 
 from dsum.files import atomic_write_json
+from dsum.sweep.registry import (
+    BEST, DEFAULT_REGISTRY, SANDBOX_REGISTRY, alias_version, list_keys, move_alias, version_meta,
+)
 from dsum.sweep.spec import load_sweep
 from dsum.sweep.summary import collect_trials
 from dsum.sweep.summary import summarize as write_summary
@@ -53,9 +57,10 @@ def create(sweep_file: str, project: str | None = None, entity: str | None = Non
 
 
 def summarize(sweep: str, sweep_id: str | None = None, from_wandb: bool = False, project: str | None = None,
-              entity: str | None = None, registry: str | None = "models/best_model") -> dict[str, Any]:
+              entity: str | None = None, registry: str | None = str(DEFAULT_REGISTRY),
+              sandbox_registry: str = str(SANDBOX_REGISTRY)) -> dict[str, Any]:
     """Write ``outputs/sweep_<name>/<sweep_id>_summary.json`` and ``<sweep_id>_runs.csv`` and promote the
-    best trial's exported model into the registry if it beats what is there.
+    best trial's exported model as a new registry version if it beats the ``best`` of its evaluation key.
 
     Args:
         sweep: The sweep YAML (or its name).
@@ -63,7 +68,8 @@ def summarize(sweep: str, sweep_id: str | None = None, from_wandb: bool = False,
         from_wandb: Also read trials from the W&B API (agents on other machines).
         project: W&B project for ``from_wandb``.
         entity: W&B entity for ``from_wandb``.
-        registry: Best-model directory; ``null`` not to promote.
+        registry: Registry root; ``null`` not to promote.
+        sandbox_registry: Registry root for runs on the bundled sample data or ``dsum.tiny`` models.
     """
     config = load_sweep(sweep) if Path(sweep).is_file() else {}
     name = sweep_name(config, sweep) if config else sweep
@@ -76,7 +82,9 @@ def summarize(sweep: str, sweep_id: str | None = None, from_wandb: bool = False,
     metric, goal = _metric(config)
     summary = write_summary(directory, sweep_id, metric, goal,
                             wandb_path=sweep_path(sweep_id, project, entity) if from_wandb else None,
-                            registry=registry)
+                            registry=registry, sandbox_registry=sandbox_registry)
+    if summary.get("promoted"):
+        print(f"dsum: promoted {summary['registry_path']} (best of {summary['registry_key']})")
     print(f"dsum: {directory / f'{sweep_id}_summary.json'}: best {summary['best_run_id']} = {summary['best_metric']}")
     return summary
 
@@ -201,9 +209,62 @@ def report(sweep_dir: str, top: int = 10, sweep_id: str | None = None) -> list[s
     return paths
 
 
+def registry_list(registry: str = str(DEFAULT_REGISTRY)) -> list[dict[str, Any]]:
+    """List every evaluation key of a registry, its versions (metric value, run, time) and where ``best`` points.
+
+    Args:
+        registry: Registry root (``models/sandbox`` for sample-data / tiny-model runs).
+    """
+    keys = list_keys(registry)
+    if not keys:
+        print(f"{registry}: no models")
+    for entry in keys:
+        key = entry["evaluation_key"]
+        print(f"{Path(registry) / entry['key']}  {key['metric']} ({key['goal']}) on {key.get('val_name')} "
+              f"subset={key.get('val_subset')} settings={key['settings']}")
+        for meta in entry["versions"]:
+            mark = "best ->" if meta["version"] == entry["best"] else "       "
+            print(f"  {mark} v{meta['version']}  {meta['metric']['value']:.4f}  run {meta.get('run_id')}  "
+                  f"sweep {meta.get('sweep_id')}  {meta.get('promoted_at')}")
+    return keys
+
+
+def registry_show(key: str, version: str, registry: str = str(DEFAULT_REGISTRY)) -> dict[str, Any]:
+    """Print one version's ``meta.json`` (metric, settings, validation hash, run, params).
+
+    Args:
+        key: The key directory name (as ``registry list`` prints it).
+        version: ``v<N>``, ``<N>`` or ``best``.
+        registry: Registry root.
+    """
+    key_dir = Path(registry) / key
+    number = alias_version(key_dir, version) if version == BEST else int(version.lstrip("v"))
+    if number is None:
+        raise ValueError(f"{key_dir}: no '{BEST}' alias (no model promoted)")
+    meta = version_meta(key_dir, number)
+    print(json.dumps(meta, indent=2, ensure_ascii=False))
+    return meta
+
+
+def registry_rollback(key: str, version: str, registry: str = str(DEFAULT_REGISTRY)) -> dict[str, Any]:
+    """Point ``best`` at an earlier version; later promotions must beat that version.
+
+    Args:
+        key: The key directory name (as ``registry list`` prints it).
+        version: ``v<N>`` or ``<N>``.
+        registry: Registry root.
+    """
+    meta = move_alias(Path(registry) / key, int(version.lstrip("v")))
+    print(f"dsum: {Path(registry) / key / BEST} -> v{meta['version']} ({meta['metric']['value']})")
+    return meta
+
+
 def main() -> None:
     try:
-        CLI([create, agent, parallel, serial, summarize, local, report], as_positional=True)
+        CLI({"create": create, "agent": agent, "parallel": parallel, "serial": serial, "summarize": summarize,
+             "local": local, "report": report,
+             "registry": {"list": registry_list, "show": registry_show, "rollback": registry_rollback}},
+            as_positional=True)
     except (FileNotFoundError, ValueError) as error:
         # Bad input (a sweep YAML, a parameter, a directory): the message says what and where.
         raise SystemExit(f"error: {error}") from None

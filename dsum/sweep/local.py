@@ -17,11 +17,16 @@ Storage: an Optuna journal file ``outputs/sweep_<name>/optuna.journal`` by defau
 processes on one machine), or any database URL (``--storage sqlite:///...``, ``postgresql://...``) to share a
 study between machines. Rerunning the same command resumes the same study (:func:`local_study_id`).
 
-A trial whose worker died while it ran (killed sweep, lost machine) is marked failed when a worker next
-claims a trial. Optuna's own heartbeats (``fail_stale_trials``) exist only for database storages, so the
-sweep keeps its own: each running trial records its worker's host, pid and a heartbeat; a trial is stale
-when its worker's process is gone (same host, checked at once) or its heartbeat is older than
-:data:`STALE_AFTER_SECONDS` (another host).
+A trial whose worker died while it ran (killed sweep, lost machine) is settled when a worker next claims a
+trial: its process is stopped if it still runs (so ``--workers`` holds across restarts), its result is kept if
+it had finished, else it is marked failed (its run record too, never ``running`` forever) and its parameters
+are queued again, up to :data:`MAX_TRIAL_RETRIES` times; the summary lists these retries. Trial processes get
+SIGTERM when their worker dies (``PR_SET_PDEATHSIG``), so a killed driver leaves no orphan running.
+Optuna's own heartbeats (``fail_stale_trials``) exist only for database storages, so the sweep keeps its own:
+each running trial records its worker's host, pid and a heartbeat (and the trial process's pid); a trial is
+stale when its worker's process is gone (same host, checked at once) or its heartbeat is older than
+:data:`STALE_AFTER_SECONDS` (another host). A sweep value holding a secret is refused before anything is
+written (Optuna's journal and W&B's files would keep it in clear).
 
 The study's bookkeeping (its id and storage, what each trial records, stale trials) is in
 :mod:`dsum.sweep.trials`, the search space (grid order, TPE distributions) in :mod:`dsum.sweep.search_space`;
@@ -53,7 +58,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dsum.secrets import redact, redact_text
+from dsum.files import atomic_write_json
+from dsum.secrets import redact, redact_text, refuse_secret_values
 from dsum.sweep import pruning
 from dsum.sweep.search_space import check_bayes_space, grid_combinations, suggest_param
 from dsum.sweep.spec import load_sweep, sample_params, validate_sweep
@@ -66,19 +72,26 @@ from dsum.sweep.trials import (
     PARAMS_ATTR,
     PID_ATTR,
     PID_STARTED_ATTR,
+    REQUEUED_ATTR,
+    RETRY_ATTR,
+    RETRY_OF_ATTR,
     RUN_ID_ATTR,
     SKIPPED_ATTR,
     STATE_ATTR,
+    TRIAL_PID_ATTR,
+    TRIAL_STARTED_ATTR,
     Claim,
     Outcome,
     display_url,
     is_stale,
     local_study_id,
+    mark_record_failed,
     process_started,
+    stop_trial_process,
     storage_url,
 )
 from dsum.sweep.wandb_backend import SWEEP_DIR_ENV, sweep_name
-from dsum.sweep.workers import cpu_threads_env, visible_gpus
+from dsum.sweep.workers import cpu_threads_env, die_with_parent, visible_gpus
 
 # Defined here before trials.py and search_space.py were split off; still importable from here.
 from dsum.sweep.search_space import BAYES_FLOATS as BAYES_FLOATS
@@ -89,6 +102,8 @@ from dsum.sweep.trials import STORAGE_FILE as STORAGE_FILE
 
 LOCK_FILE = ".local_sweep.lock"
 INTERRUPT_GRACE_SECONDS = 60.0
+# A trial whose worker died is queued again with the same parameters, at most this many times.
+MAX_TRIAL_RETRIES = 2
 
 
 class SweepStopped(SystemExit):
@@ -145,6 +160,8 @@ class LocalSweep:
             raise ValueError(f"--max_consecutive_failures must be at least 1, got {max_consecutive_failures}")
         self.sweep_file = Path(sweep_file)
         self.config = load_sweep(sweep_file)
+        # Before anything is written: Optuna's journal and W&B's files would hold a secret value in clear.
+        refuse_secret_values(self.config, str(sweep_file))
         validate_sweep(self.config, sweep_file)
         self.method = self.config["method"]
         if self.method == "bayes":
@@ -215,21 +232,54 @@ class LocalSweep:
         return study
 
     def _fail_stale(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Settle every RUNNING trial whose worker is gone: stop its process if it still runs (so ``--workers``
+        holds), take its result if it finished, else fail it and queue its parameters again (up to
+        :data:`MAX_TRIAL_RETRIES` times)."""
         now = time.time()
         study_id = self.storage.get_study_id_from_name(self.study_id)
         for trial in trials:
             if trial.state != TrialState.RUNNING or not is_stale(trial, now, self.host):
                 continue
+            attrs = trial.user_attrs
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            owner = f"{trial.user_attrs.get(HOST_ATTR, '?')}:{trial.user_attrs.get(PID_ATTR, '?')}"
+            owner = f"{attrs.get(HOST_ATTR, '?')}:{attrs.get(PID_ATTR, '?')}"
+            run_id = attrs.get(RUN_ID_ATTR, "")
+            if attrs.get(HOST_ATTR) == self.host and TRIAL_PID_ATTR in attrs:
+                stop_trial_process(int(attrs[TRIAL_PID_ATTR]), attrs.get(TRIAL_STARTED_ATTR))
+            run_dir = Path(attrs["run_dir"]) if attrs.get("run_dir") else None
+            outcome = self._outcome(None, run_dir, 0.0, dead_worker=True) if run_dir else None
             try:
+                if outcome is not None and outcome.state != TrialState.FAIL:
+                    for key, value in {STATE_ATTR: outcome.label, "metric": outcome.value}.items():
+                        if value is not None:
+                            self.storage.set_trial_user_attr(trial_id, key, value)
+                    if outcome.state == TrialState.COMPLETE:
+                        self.study.tell(trial.number, outcome.value, skip_if_finished=True)
+                    else:
+                        self.study.tell(trial.number, state=outcome.state, skip_if_finished=True)
+                    print(f"dsum: trial {trial.number} {run_id} {outcome.label} (its worker {owner} died after "
+                          "the trial ended)", flush=True)
+                    continue
+                params = attrs.get(PARAMS_ATTR)
+                attempt = int(attrs.get(RETRY_ATTR, 0))
+                retry = params is not None and attempt < MAX_TRIAL_RETRIES
+                reason = f"worker {owner} died while it ran" + (
+                    f"; re-queued (retry {attempt + 1} of {MAX_TRIAL_RETRIES})" if retry else
+                    f"; not re-queued ({MAX_TRIAL_RETRIES} retries used)" if params is not None else "")
                 self.storage.set_trial_user_attr(trial_id, STATE_ATTR, "failed")
-                self.storage.set_trial_user_attr(trial_id, "dsum_error", f"worker {owner} died while it ran")
+                self.storage.set_trial_user_attr(trial_id, "dsum_error", reason)
+                self.storage.set_trial_user_attr(trial_id, REQUEUED_ATTR, retry)
                 self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # finished meanwhile
-            print(f"dsum: trial {trial.number} {trial.user_attrs.get(RUN_ID_ATTR, '')} marked failed: its worker "
-                  f"{owner} is gone", flush=True)
+            if run_dir is not None:
+                mark_record_failed(run_dir, reason)
+            if retry:
+                self.study.enqueue_trial(dict(params), user_attrs={
+                    PARAMS_ATTR: params, RETRY_ATTR: attempt + 1, RETRY_OF_ATTR: trial.number})
+            print(f"dsum: trial {trial.number} {run_id} marked failed: its worker {owner} is gone"
+                  + (f"; its parameters are queued again (retry {attempt + 1} of {MAX_TRIAL_RETRIES})" if retry
+                     else ""), flush=True)
 
     def _claim(self) -> Claim | None:
         """Take the next trial, or None when the sweep is done (count, run_cap, grid exhausted, stopped)."""
@@ -240,23 +290,24 @@ class LocalSweep:
                 return self._done(f"--count {self.count} reached")
             trials = self.study.get_trials(deepcopy=False)
             self._fail_stale(trials)
-            started = [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(SKIPPED_ATTR)]
+            # A trial whose worker died and that was queued again counts once, as its retry.
+            started = [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(SKIPPED_ATTR)
+                       and not t.user_attrs.get(REQUEUED_ATTR)]
             if self.run_cap is not None and len(started) >= self.run_cap:
                 return self._done(f"run_cap {self.run_cap} reached")
             if self.method == "grid" and not any(t.state == TrialState.WAITING for t in trials):
                 return self._done(f"grid complete ({len(self.combos)} combinations)")
             trial = self.study.ask()
-            if self.method == "grid":
-                params = trial.user_attrs.get(PARAMS_ATTR)
-                if params is None:  # another machine took the last combination first
-                    trial.set_user_attr(SKIPPED_ATTR, True)
-                    self.study.tell(trial, state=TrialState.FAIL)
-                    return self._done(f"grid complete ({len(self.combos)} combinations)")
-            elif self.method == "random":
-                params = sample_params(self.config, self.rng)
-            else:
+            params = trial.user_attrs.get(PARAMS_ATTR)  # a grid combination or a retry, queued with its values
+            if self.method == "bayes":  # (a queued retry's values come back as TPE's fixed suggestions)
                 params = {str(name): suggest_param(trial, str(name), spec)
                           for name, spec in self.config["parameters"].items()}
+            elif params is None and self.method == "grid":  # another machine took the last combination first
+                trial.set_user_attr(SKIPPED_ATTR, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                return self._done(f"grid complete ({len(self.combos)} combinations)")
+            elif params is None:
+                params = sample_params(self.config, self.rng)
             run_id = f"t{trial.number:04d}-{secrets.token_hex(3)}"
             for key, value in {PARAMS_ATTR: params, RUN_ID_ATTR: run_id, HOST_ATTR: self.host, PID_ATTR: self.pid,
                                PID_STARTED_ATTR: self.pid_started, HEARTBEAT_ATTR: time.time()}.items():
@@ -311,12 +362,20 @@ class LocalSweep:
             log.write(f"dsum: trial {claim.number} run {claim.run_id}: {redact_text(shlex.join(command))}\n")
             log.flush()
             try:
+                # The trial gets SIGTERM when its worker dies (it saves last.ckpt and records `interrupted`):
+                # a killed driver leaves no orphan running beside the next driver's trials.
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=self._trial_env(claim, param_path, slot))
+                                           env=self._trial_env(claim, param_path, slot),
+                                           preexec_fn=die_with_parent)  # noqa: PLW1509 (async-signal-safe)
             except OSError as error:
                 log.write(f"dsum: cannot start the trial: {error}\n")
             else:
                 self.running[claim.number] = process
+                try:
+                    claim.trial.set_user_attr(TRIAL_PID_ATTR, process.pid)
+                    claim.trial.set_user_attr(TRIAL_STARTED_ATTR, process_started(process.pid))
+                except Exception as error:  # noqa: BLE001 (a storage hiccup must not orphan the trial process)
+                    print(f"dsum: trial {claim.number}: its pid was not recorded ({error})", flush=True)
                 try:
                     code = self._wait(process, claim)
                 finally:
@@ -333,13 +392,18 @@ class LocalSweep:
                 except Exception as error:  # a storage hiccup must not orphan the trial process
                     print(f"dsum: trial {claim.number}: heartbeat not recorded ({error})", flush=True)
 
-    def _outcome(self, code: int | None, run_dir: Path, seconds: float) -> Outcome:
-        record = trial_record(run_dir)
+    def _outcome(self, code: int | None, run_dir: Path, seconds: float, dead_worker: bool = False) -> Outcome:
+        """How a trial ended, from its exit code and run record (``dead_worker``: the exit code is unknown
+        because the worker that waited for it died; the record alone decides)."""
+        try:
+            record = trial_record(run_dir)
+        except (OSError, ValueError):  # a record cut short by a dead process
+            record = None
         status = (record or {}).get("status")
         if record is None:
             return Outcome(TrialState.FAIL, "failed", None, seconds, code,
                            f"exit code {code}, no run record in {run_dir}")
-        if code != 0 or status in ("failed", "interrupted"):
+        if (code != 0 and not dead_worker) or status in ("failed", "interrupted", "running"):
             label = "interrupted" if status == "interrupted" else "failed"
             return Outcome(TrialState.FAIL, label, None, seconds, code, f"exit code {code}, run record {status!r}"
                            + (f": {record['history'][-1].get('error')}" if record.get("history") and
@@ -354,6 +418,25 @@ class LocalSweep:
                            f"{self.metric} was never recorded (value {value})")
         return Outcome(TrialState.COMPLETE, "completed", value, seconds, code)
 
+    def _retries(self) -> list[dict[str, Any]]:
+        """Trials whose worker died, and what became of their parameters (for the summary)."""
+        trials = self.study.get_trials(deepcopy=False)
+        retried_by = {t.user_attrs[RETRY_OF_ATTR]: t for t in trials if RETRY_OF_ATTR in t.user_attrs}
+        rows = []
+        for trial in sorted(trials, key=lambda t: t.number):
+            if REQUEUED_ATTR not in trial.user_attrs:  # set on every trial failed because its worker died
+                continue
+            retry = retried_by.get(trial.number)
+            rows.append({
+                "trial": trial.number, "run_id": trial.user_attrs.get(RUN_ID_ATTR),
+                "params": redact(trial.user_attrs.get(PARAMS_ATTR)), "reason": trial.user_attrs.get("dsum_error"),
+                "retried_as": None if retry is None else {
+                    "trial": retry.number, "run_id": retry.user_attrs.get(RUN_ID_ATTR),
+                    "attempt": retry.user_attrs.get(RETRY_ATTR),
+                    "state": retry.user_attrs.get(STATE_ATTR) or retry.state.name.lower()},
+            })
+        return rows
+
     def _finish(self, claim: Claim, outcome: Outcome) -> None:
         trial = claim.trial
         log_path = self.sweep_dir / "logs" / f"{claim.run_id}.log"
@@ -367,7 +450,9 @@ class LocalSweep:
         else:
             self.study.tell(trial, state=outcome.state)
         value = "-" if outcome.value is None else f"{outcome.value:.4f}"
-        line = (f"dsum: trial {claim.number} {claim.run_id} {outcome.label} {self.metric}={value} "
+        attempt = trial.user_attrs.get(RETRY_ATTR)
+        retry = f" (retry {attempt} of trial {trial.user_attrs.get(RETRY_OF_ATTR)})" if attempt else ""
+        line = (f"dsum: trial {claim.number} {claim.run_id}{retry} {outcome.label} {self.metric}={value} "
                 f"{json.dumps(redact(claim.params), ensure_ascii=False, default=str)} {outcome.seconds:.1f}s")
         if outcome.state == TrialState.FAIL:
             line += f" ({outcome.reason}; log {log_path})"
@@ -441,7 +526,9 @@ class LocalSweep:
         if self.errors:
             raise self.errors[0]
         summary = summarize(self.sweep_dir, self.study_id, self.metric, self.goal)
-        summary.update(storage=display_url(self.storage_url), stop_reason=self.stop_reason)
+        summary.update(storage=display_url(self.storage_url), stop_reason=self.stop_reason,
+                       retries=self._retries())
+        atomic_write_json(self.sweep_dir / f"{self.study_id}_summary.json", redact(summary))
         best = summary["best_run_id"]
         print(f"dsum: {self.sweep_dir / (self.study_id + '_summary.json')}: "
               + (f"best {best} {self.metric}={summary['best_metric']:.4f}" if best else "no completed trial")

@@ -27,7 +27,7 @@ import lightning.pytorch as L
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from dsum.callbacks import request_stop
+from dsum.callbacks.record import request_stop
 
 if TYPE_CHECKING:  # optuna is imported only by sweeps and their trials
     import optuna

@@ -1,32 +1,243 @@
-"""The best-model registry: `models/best_model/` only ever holds a model that beat the one before it.
+"""The model registry: immutable versions per evaluation key, and a ``best`` alias that only ever moves to a winner.
 
-Promotion copies an exported run's `best_model/` into place atomically (build beside, then rename)
-under an exclusive file lock, so concurrent workers finishing at once serialise, and a reader never
-sees a half-written directory.
+Layout (one directory per **evaluation key**: the metric, its settings and the validation data it was scored on)::
+
+    models/registry/<key>/
+      key.json        the evaluation key (metric name and goal, metric settings, validation file hash, val_subset)
+      v1/ v2/ ...     immutable versions: the exported model (HF format or adapter) + meta.json
+      best -> v2      the alias: a relative symlink, replaced atomically (usable as --model.pretrained)
+      events.jsonl    every promotion and alias move, appended (an audit trail, not the source of truth)
+
+A model is compared only with the models of its own key, so a score on another validation file, subset or ROUGE
+tokenizer never replaces (or blocks) another. Runs scored on the bundled sample data or built on ``dsum.tiny``
+models are *sandbox* runs: :func:`registry_for` sends them to ``models/sandbox`` so they never reach the registry
+that real runs use. Promotion is atomic (a version is built beside, then renamed into place; the alias is a
+symlink swapped with one rename) and serialised per key by an exclusive ``fcntl`` lock.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
+import math
+import os
+import re
 import shutil
 import time
+import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from dsum.files import atomic_write_dir, atomic_write_json, is_complete_dir, read_json
 
-DEFAULT_REGISTRY = Path("models/best_model")
-REGISTRY_INFO = "dsum_best.json"
+DEFAULT_REGISTRY = Path("models/registry")
+SANDBOX_REGISTRY = Path("models/sandbox")
+SAMPLE_DATA = Path(__file__).resolve().parents[2] / "data" / "sample"
+TINY_MARKER = "dsum_tiny"  # a config.json attribute that dsum.tiny models (and models fine-tuned from them) carry
+BEST = "best"
+KEY_FILE = "key.json"
+META_FILE = "meta.json"
+EVENTS_FILE = "events.jsonl"
+VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
 Goal = Literal["maximize", "minimize"]
 
+class RegistryError(ValueError):
+    """A promotion or alias move the registry refuses (bad value, bad weights, unknown version, key mismatch)."""
 
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def beats(value: float, incumbent: float | None, goal: Goal) -> bool:
+    """Whether ``value`` is strictly better than ``incumbent`` (None: nothing to beat)."""
+    if incumbent is None:
+        return True
+    return value > incumbent if goal == "maximize" else value < incumbent
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- the key
+@dataclass(frozen=True)
+class EvaluationKey:
+    """How a score was obtained; two scores are comparable only when their keys are equal.
+
+    Args:
+        metric: The logged metric name (``val/rouge_mean``).
+        goal: ``maximize`` or ``minimize``.
+        settings: The metric's settings (ROUGE tokenizer, reference rule, scale; see ``dsum.metrics``).
+        val_sha256: SHA-256 of the validation file's bytes.
+        val_subset: ``data.val_subset`` (None: the whole file).
+        val_name: The validation file's name, for humans only (not part of the identity).
+    """
+
+    metric: str
+    goal: Goal
+    settings: dict[str, Any]
+    val_sha256: str
+    val_subset: int | float | None = None
+    val_name: str = field(default="", compare=False)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide comparability (everything but the human-readable file name)."""
+        return {k: v for k, v in asdict(self).items() if k != "val_name"}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, default=str).encode()).hexdigest()
+
+    def slug(self) -> str:
+        """The key's directory name: the metric and subset plus a hash of the whole identity, e.g.
+        ``val-rouge_mean__all__3f2a9c1d0b``. The file name stays out: the same bytes are the same key."""
+        subset = "all" if self.val_subset is None else f"subset{self.val_subset}"
+        readable = f"{self.metric}__{subset}"
+        return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', readable).strip('-')}__{self.digest()[:10]}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "digest": self.digest()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvaluationKey:
+        return cls(metric=data["metric"], goal=data["goal"], settings=data["settings"], val_sha256=data["val_sha256"],
+                   val_subset=data.get("val_subset"), val_name=data.get("val_name", ""))
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the registry needs to know about a finished run, read from its run record and ``config.yaml``."""
+
+    key: EvaluationKey
+    val_file: str
+    model_class: str | None
+    pretrained: str | None
+    sandbox: bool
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RegistryError(f"{path}: the run's config.yaml is missing; cannot tell what data it was scored on")
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def _is_tiny(model_dir: str | Path | None) -> bool:
+    config = Path(model_dir) / "config.json" if model_dir else None
+    return bool(config and config.is_file() and read_json(config).get(TINY_MARKER))
+
+
+def _is_sample(val_sha256: str, val_file: Path) -> bool:
+    if SAMPLE_DATA in val_file.resolve().parents:
+        return True
+    return any(file_sha256(p) == val_sha256 for p in SAMPLE_DATA.glob("*.csv"))
+
+
+def run_facts(record: dict[str, Any], metric: str, goal: Goal, run_dir: str | Path | None = None,
+              export_dir: str | Path | None = None) -> RunFacts:
+    """The evaluation key and model facts of a run.
+
+    The metric settings are the run record's ``metric`` field when the run wrote one, else ``{"name": metric}``;
+    the validation data is ``data.val_file`` and ``data.val_subset`` of the run's ``config.yaml``, identified by the
+    SHA-256 the run recorded (``val_data.sha256`` in the record) or else by hashing the file now.
+
+    Args:
+        record: The run record (``run.json``).
+        metric: The metric the run is ranked by.
+        goal: ``maximize`` or ``minimize``.
+        run_dir: The run directory (default: the record's ``run_dir``).
+        export_dir: The exported model, checked for the tiny-model marker.
+
+    Raises:
+        RegistryError: The config or the validation file cannot be found.
+    """
+    run_dir = Path(run_dir or record.get("run_dir") or ".")
+    config_path = Path(record.get("config") or run_dir / "config.yaml")
+    if not config_path.is_file():
+        config_path = run_dir / "config.yaml"
+    config = _load_config(config_path)
+    data = config.get("data") or {}
+    if not data.get("val_file"):
+        raise RegistryError(f"{config_path}: data.val_file is not set; a score without validation data is not ranked")
+    val_file = Path(data["val_file"])
+    # The hash the run itself recorded of the bytes it read wins: the file may have changed since.
+    recorded = (record.get("val_data") or {}).get("sha256")
+    if recorded is None and not val_file.is_file():
+        raise RegistryError(f"{config_path}: data.val_file={val_file} not found (from {Path.cwd()}); "
+                            "cannot hash the validation data the run was scored on")
+    settings = record.get("metric") if isinstance(record.get("metric"), dict) else {"name": metric}
+    key = EvaluationKey(metric=metric, goal=goal, settings=settings, val_sha256=recorded or file_sha256(val_file),
+                        val_subset=data.get("val_subset"), val_name=val_file.name)
+    model = config.get("model") or {}
+    init = model.get("init_args") or {}
+    pretrained = init.get("pretrained")
+    sandbox = _is_sample(key.val_sha256, val_file) or _is_tiny(export_dir) or (
+        pretrained is not None and _is_tiny(pretrained))
+    return RunFacts(key=key, val_file=str(val_file), model_class=model.get("class_path"), pretrained=pretrained,
+                    sandbox=sandbox)
+
+
+def registry_for(facts: RunFacts, registry: str | Path = DEFAULT_REGISTRY,
+                 sandbox_registry: str | Path = SANDBOX_REGISTRY) -> Path:
+    """Where a run promotes: ``sandbox_registry`` for sample-data or tiny-model runs, else ``registry``."""
+    return Path(sandbox_registry if facts.sandbox else registry)
+
+
+# --------------------------------------------------------------------------------------------- checks
+def check_finite_weights(model_dir: str | Path) -> None:
+    """Refuse a model whose weights hold NaN or infinity (a diverged run must never be promoted).
+
+    Raises:
+        RegistryError: Naming the file and the first non-finite tensor, or when no weights are found.
+    """
+    import torch
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    bins = sorted(model_dir.glob("*.bin"))
+    if not files and not bins:
+        raise RegistryError(f"{model_dir}: no weights (*.safetensors or *.bin) to promote")
+    for path in files:
+        with safe_open(path, framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensor = handle.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise RegistryError(f"{path}: tensor {name!r} holds NaN or infinite values; not promoted")
+    for path in bins:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for name, tensor in state.items():
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise RegistryError(f"{path}: tensor {name!r} holds NaN or infinite values; not promoted")
+
+
+def _check_value(value: Any, metric: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise RegistryError(f"{metric}={value!r} is not a number; not promoted") from None
+    if not math.isfinite(value):
+        raise RegistryError(f"{metric}={value} is not finite; not promoted")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- storage
 @contextmanager
-def registry_lock(registry: Path) -> Iterator[None]:
-    """Exclusive lock shared by every process promoting into `registry` (same machine or NFS with locks)."""
-    registry.parent.mkdir(parents=True, exist_ok=True)
-    with open(registry.parent / f".{registry.name}.lock", "a+") as handle:
+def key_lock(key_dir: Path) -> Iterator[None]:
+    """Exclusive lock shared by every process writing to one key (same machine, or NFS with working locks)."""
+    key_dir.mkdir(parents=True, exist_ok=True)
+    with open(key_dir / ".lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -34,59 +245,186 @@ def registry_lock(registry: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def current_best(registry: str | Path = DEFAULT_REGISTRY) -> dict[str, Any] | None:
-    """The registry's record (metric, value, run id, source), or None when it holds no complete model."""
-    registry = Path(registry)
-    info = registry / REGISTRY_INFO
-    if not (is_complete_dir(registry) and info.is_file()):
+def versions(key_dir: str | Path) -> list[int]:
+    """The complete versions of a key, ascending."""
+    key_dir = Path(key_dir)
+    if not key_dir.is_dir():
+        return []
+    found = [int(m.group(1)) for p in key_dir.iterdir() if (m := VERSION_DIR.match(p.name)) and is_complete_dir(p)]
+    return sorted(found)
+
+
+def alias_version(key_dir: str | Path, alias: str = BEST) -> int | None:
+    """The version an alias points at, or None."""
+    link = Path(key_dir) / alias
+    if not link.is_symlink():
         return None
-    return read_json(info)
+    match = VERSION_DIR.match(os.readlink(link))
+    return int(match.group(1)) if match else None
 
 
-def beats(value: float, incumbent: float | None, goal: Goal) -> bool:
-    if incumbent is None:
-        return True
-    return value > incumbent if goal == "maximize" else value < incumbent
+def version_meta(key_dir: str | Path, version: int) -> dict[str, Any]:
+    path = Path(key_dir) / f"v{version}" / META_FILE
+    if not path.is_file():
+        raise RegistryError(f"{path.parent}: no such version (versions: {versions(key_dir) or 'none'})")
+    return read_json(path)
 
 
-def promote_if_better(
-    candidate: str | Path,
-    value: float,
-    metric: str = "val/rouge_mean",
-    goal: Goal = "maximize",
-    registry: str | Path = DEFAULT_REGISTRY,
-    source: dict[str, Any] | None = None,
-) -> bool:
-    """Copy the exported model `candidate` into `registry` if `value` beats the registry's.
+def _point_alias(key_dir: Path, alias: str, version: int) -> None:
+    """Swap the alias symlink to ``v<version>`` with one rename (readers see the old or the new target)."""
+    tmp = key_dir / f".{alias}.{uuid.uuid4().hex[:8]}"
+    os.symlink(f"v{version}", tmp)
+    os.replace(tmp, key_dir / alias)
+
+
+def _log_event(key_dir: Path, **event: Any) -> None:
+    with open(key_dir / EVENTS_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"at": _now(), **event}, ensure_ascii=False, default=str) + "\n")
+
+
+def _check_key(key_dir: Path, key: EvaluationKey) -> None:
+    path = key_dir / KEY_FILE
+    if path.is_file():
+        stored = read_json(path)
+        if stored.get("digest") != key.digest():
+            raise RegistryError(f"{path}: holds another evaluation key ({stored.get('digest')}, not {key.digest()})")
+    else:
+        atomic_write_json(path, key.as_json())
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The outcome of :func:`promote_if_better`."""
+
+    promoted: bool
+    key_dir: Path
+    version: int | None  # the new version when promoted
+    incumbent: dict[str, Any] | None  # the meta.json of the version ``best`` pointed at before
+
+
+def current_best(key_dir: str | Path) -> dict[str, Any] | None:
+    """The ``meta.json`` of the version ``best`` points at, or None."""
+    version = alias_version(key_dir)
+    return None if version is None else version_meta(key_dir, version)
+
+
+def promote_if_better(candidate: str | Path, value: float, key: EvaluationKey,
+                      registry: str | Path = DEFAULT_REGISTRY, meta: dict[str, Any] | None = None,
+                      wandb_run: dict[str, Any] | None = None) -> Promotion:
+    """Add ``candidate`` as a new version of its key and point ``best`` at it, if ``value`` beats ``best``'s.
 
     Args:
-        candidate: An exported model directory (a run's ``best_model/``).
-        value: The candidate's metric value.
-        metric: The metric's name, recorded with the model.
-        goal: ``maximize`` or ``minimize``.
-        registry: The registry directory.
-        source: Extra facts to record (run id, sweep id, params, run dir).
+        candidate: An exported model directory (a run's ``best_model/``, HF format or adapter).
+        value: The candidate's metric value (must be finite).
+        key: How the value was obtained; only versions of the same key are compared.
+        registry: The registry root (``models/registry``; sandbox runs use ``models/sandbox``).
+        meta: Facts recorded in ``meta.json`` (run id, sweep id, params, model, validation file, ...).
+        wandb_run: ``{"run_id", "project", "entity"}`` of the candidate's W&B run: when W&B is online, the new
+            version is also logged as a W&B model artifact with aliases ``best`` and ``dsum-v<N>``.
 
     Returns:
-        Whether the candidate was promoted.
+        A :class:`Promotion`.
+
+    Raises:
+        RegistryError: A non-finite value, an incomplete candidate, non-finite weights.
     """
-    candidate, registry = Path(candidate), Path(registry)
+    candidate = Path(candidate)
+    value = _check_value(value, key.metric)
     if not is_complete_dir(candidate):
-        raise FileNotFoundError(f"{candidate}: not a complete exported model (no .complete marker)")
-    with registry_lock(registry):
-        best = current_best(registry)
-        if best is not None and best.get("metric") != metric:
-            raise ValueError(f"{registry} holds a model ranked by {best.get('metric')!r}, not {metric!r}")
-        if not beats(value, None if best is None else best["value"], goal):
-            return False
+        raise RegistryError(f"{candidate}: not a complete exported model (no .complete marker)")
+    check_finite_weights(candidate)
+    key_dir = Path(registry) / key.slug()
+    with key_lock(key_dir):
+        _check_key(key_dir, key)
+        incumbent = current_best(key_dir)
+        if not beats(value, None if incumbent is None else incumbent["metric"]["value"], key.goal):
+            return Promotion(False, key_dir, None, incumbent)
+        # Never reuse a number, not even one a crash left behind: versions are immutable.
+        version = max((int(m.group(1)) for p in key_dir.iterdir() if (m := VERSION_DIR.match(p.name))), default=0) + 1
+        target = key_dir / f"v{version}"
+        record = {
+            "version": version, "key": key.slug(), "evaluation_key": key.as_json(),
+            "metric": {"name": key.metric, "value": value, "goal": key.goal, "settings": key.settings},
+            "validation": {"sha256": key.val_sha256, "val_subset": key.val_subset, "file": key.val_name},
+            **(meta or {}), "candidate": str(candidate), "promoted_at": _now(),
+            "replaced": None if incumbent is None else incumbent["version"],
+        }
 
         def fill(staging: Path) -> None:
             shutil.copytree(candidate, staging, dirs_exist_ok=True)
             (staging / ".complete").unlink(missing_ok=True)
-            atomic_write_json(staging / REGISTRY_INFO, {
-                "metric": metric, "value": value, "goal": goal, "candidate": str(candidate),
-                "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(source or {}),
-            })
+            atomic_write_json(staging / META_FILE, record)
 
-        atomic_write_dir(registry, fill)
-        return True
+        atomic_write_dir(target, fill)
+        _point_alias(key_dir, BEST, version)
+        _log_event(key_dir, event="promoted", version=version, value=value, run_id=record.get("run_id"))
+    if wandb_run:
+        try:
+            log_wandb_model(target, record, **wandb_run)
+        except Exception as error:  # noqa: BLE001 (the local version stands; W&B is a mirror)
+            warnings.warn(f"dsum: {target} promoted locally, but logging it to W&B failed: {error}", stacklevel=2)
+    return Promotion(True, key_dir, version, incumbent)
+
+
+def move_alias(key_dir: str | Path, version: int, alias: str = BEST) -> dict[str, Any]:
+    """Point ``alias`` at an existing version (roll back to an earlier model); returns that version's meta.
+
+    Later promotions must beat the version the alias now points at.
+    """
+    key_dir = Path(key_dir)
+    with key_lock(key_dir):
+        if version not in versions(key_dir):
+            raise RegistryError(f"{key_dir}: no version v{version} (versions: {versions(key_dir) or 'none'})")
+        before = alias_version(key_dir, alias)
+        _point_alias(key_dir, alias, version)
+        _log_event(key_dir, event="alias_moved", alias=alias, version=version, previous=before)
+    return version_meta(key_dir, version)
+
+
+def resolve(path: str | Path) -> dict[str, Any] | None:
+    """If ``path`` is a registry version or alias (``models/registry/<key>/best``), its version facts:
+    ``{"path", "key", "version", "value"}``; else None. Sweeps record this for the model they tune."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        return None
+    meta = read_json(meta_path)
+    return {"path": str(path), "resolved": str(path.resolve()), "key": meta.get("key"), "version": meta.get("version"),
+            "value": (meta.get("metric") or {}).get("value"), "run_id": meta.get("run_id")}
+
+
+def list_keys(registry: str | Path = DEFAULT_REGISTRY) -> list[dict[str, Any]]:
+    """Every key of a registry with its versions and where ``best`` points."""
+    registry = Path(registry)
+    rows = []
+    for key_dir in sorted(p for p in registry.glob("*") if (p / KEY_FILE).is_file()):
+        rows.append({"key": key_dir.name, "evaluation_key": read_json(key_dir / KEY_FILE),
+                     "best": alias_version(key_dir),
+                     "versions": [version_meta(key_dir, v) for v in versions(key_dir)]})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- W&B
+def wandb_online() -> bool:
+    return os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun")
+
+
+def log_wandb_model(version_dir: Path, meta: dict[str, Any], run_id: str | None = None,
+                    project: str | None = None, entity: str | None = None) -> bool:
+    """Log a registry version as a W&B model artifact of its run, with aliases ``best`` and ``dsum-v<N>``
+    (W&B reserves ``v<N>`` for its own numbering). A no-op offline or without a run id; returns whether it logged."""
+    if not (run_id and wandb_online()):
+        return False
+    import wandb
+
+    run = wandb.init(id=run_id, project=project, entity=entity, resume="allow", job_type="registry",
+                     settings=wandb.Settings(silent=True))
+    try:
+        artifact = wandb.Artifact(f"dsum-{meta['key']}"[:128], type="model",
+                                  metadata={k: meta[k] for k in ("version", "metric", "validation", "run_id",
+                                                                  "sweep_id") if k in meta})
+        artifact.add_dir(str(version_dir))
+        run.log_artifact(artifact, aliases=[BEST, f"dsum-v{meta['version']}"])
+    finally:
+        run.finish()
+    return True

@@ -18,7 +18,23 @@ from typing import Any
 
 import yaml
 
-from dsum.sweep import params as P
+from dsum.sweep import mapping as P
+
+# Value types of the keys sweeps commonly set, to catch distributions that cannot produce a valid value (a float
+# for an int key, ...) before a sweep starts; every value is typed again by jsonargparse when a trial parses it.
+INT_KEYS = frozenset({
+    "data.batch_size", "data.eval_batch_size", "data.encoder_max_len", "data.decoder_max_len", "data.max_tokens",
+    "data.val_subset", "data.num_workers", "data.seed", "trainer.max_epochs", "trainer.max_steps",
+    "trainer.accumulate_grad_batches", "trainer.num_nodes", "early_stopping.patience", "model.num_cycles",
+    "model.generation.num_beams", "model.generation.no_repeat_ngram_size", "model.generation.max_new_tokens",
+    "model.generation.min_new_tokens", "seed_everything", "model.lora.r", "model.lora.alpha", P.EFFECTIVE_BATCH,
+})
+FLOAT_KEYS = frozenset({
+    "model.learning_rate", "model.weight_decay", "model.warmup_ratio", "model.label_smoothing",
+    "model.generation.length_penalty", "model.generation.top_p", "model.generation.temperature",
+    "early_stopping.min_delta", "trainer.gradient_clip_val", "model.lora.dropout", P.LR_SCALE,
+})
+BOOL_KEYS = frozenset({"model.generation.do_sample", "model.generation.early_stopping", "fp16", "bf16"})
 
 __all__ = [
     "LOGGED_METRICS",
@@ -101,11 +117,67 @@ UNUSABLE_MACROS = {
 }
 
 
+# Hostile YAML: aliases can make a few hundred bytes expand to billions of nodes (an "alias bomb"); the
+# expanded size is checked on the composed graph, before anything is constructed.
+MAX_SWEEP_BYTES = 1_000_000
+MAX_SWEEP_NODES = 100_000
+
+
+def _expanded_nodes(node: yaml.Node, path: Path) -> int:
+    """How many nodes ``node`` becomes once every alias is expanded, without expanding anything: each
+    distinct node is counted once and reused (aliases share node objects). Refuses cycles and totals above
+    :data:`MAX_SWEEP_NODES` as soon as they show."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(current: yaml.Node) -> int:
+        key = id(current)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SweepSpecError(f"{path}: a YAML alias refers to itself (a recursive structure); not a sweep config")
+        active.add(key)
+        total = 1
+        if isinstance(current, yaml.SequenceNode):
+            children = current.value
+        elif isinstance(current, yaml.MappingNode):
+            children = [part for pair in current.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_SWEEP_NODES:
+                raise SweepSpecError(
+                    f"{path}: expands to more than {MAX_SWEEP_NODES:,} YAML nodes once its aliases (*name) are "
+                    "expanded; refused as a possible alias bomb. Write the values out, without anchors/aliases")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def _safe_load_bounded(text: str, path: Path) -> Any:
+    """``yaml.safe_load`` of ``text``, refusing oversized files and alias bombs before expanding anything."""
+    if len(text) > MAX_SWEEP_BYTES:
+        raise SweepSpecError(f"{path}: {len(text):,} characters; a sweep config is at most {MAX_SWEEP_BYTES:,}")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_nodes(node, path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_sweep(path: str | Path) -> dict[str, Any]:
-    """A sweep YAML as a dict (``yaml.safe_load``).
+    """A sweep YAML as a dict (``yaml.safe_load``), refusing alias bombs and oversized files before expansion.
 
     Raises:
-        SweepSpecError: the file is missing, is not YAML, or is not a mapping.
+        SweepSpecError: the file is missing, is not YAML, is not a mapping, is larger than
+            :data:`MAX_SWEEP_BYTES` or expands to more than :data:`MAX_SWEEP_NODES` nodes through aliases.
     """
     path = Path(path)
     try:
@@ -113,7 +185,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise SweepSpecError(f"cannot read sweep config {path}: {err}") from err
     try:
-        config = yaml.safe_load(text)
+        config = _safe_load_bounded(text, path)
     except yaml.YAMLError as err:
         hint = ""
         if "${" in text and "[" in text:
@@ -167,7 +239,7 @@ def _check_parameter(name: str, spec: Any, method: str) -> list[str]:
     if problems:
         return problems
 
-    key = P.target_key(name) or name
+    key = P.target_key_or_none(name) or name
     if method == "grid" and dist not in GRID_DISTRIBUTIONS:
         problems.append(
             f"{where}: grid search cannot use the continuous distribution {dist}; "
@@ -192,20 +264,20 @@ def _check_parameter(name: str, spec: Any, method: str) -> list[str]:
                 f"for values between {lo} and {hi} use `distribution: {dist}_values`"
             )
         if ("distribution" not in spec and dist == "int_uniform" and (lo, hi) == (0, 1)
-                and key not in P.FLOAT_KEYS | P.INT_KEYS):
+                and key not in FLOAT_KEYS | INT_KEYS):
             warnings.warn(
                 f"{where}: {{min: 0, max: 1}} without a distribution is int_uniform (0 or 1 only); write "
                 "0.0 and 1.0 (or `distribution: uniform`) for a fraction",
                 SweepSpecWarning,
                 stacklevel=4,
             )
-        if "distribution" not in spec and dist == "int_uniform" and key in P.FLOAT_KEYS:
+        if "distribution" not in spec and dist == "int_uniform" and key in FLOAT_KEYS:
             problems.append(
                 f"{where}: {{min: {lo}, max: {hi}}} without a distribution is read by W&B as int_uniform "
                 f"(whole numbers only) but {key} is a float; write min/max as floats ({float(lo)}, "
                 f"{float(hi)}) or set `distribution: uniform`"
             )
-    if key in P.INT_KEYS and dist not in ("constant", "categorical", "categorical_w_probabilities"):
+    if key in INT_KEYS and dist not in ("constant", "categorical", "categorical_w_probabilities"):
         q = spec.get("q", 1)
         integral = dist in INTEGRAL_DISTRIBUTIONS or (dist.startswith("q_") and float(q).is_integer())
         if not integral:
@@ -234,12 +306,12 @@ def _check_values(name: str, where: str, key: str, spec: Mapping[str, Any], dist
         return []
     problems = []
     for value in values:
-        if key in P.INT_KEYS and value is not None and not (
+        if key in INT_KEYS and value is not None and not (
             _is_number(value) and float(value).is_integer()
         ):
             problems.append(f"{where}: {key} takes integers, got {value!r}")
             continue
-        if (key in P.BOOL_KEYS or name in P.BOOL_KEYS) and not isinstance(value, bool):
+        if (key in BOOL_KEYS or name in BOOL_KEYS) and not isinstance(value, bool):
             problems.append(f"{where}: {name} takes true or false, got {value!r}")
             continue
         if name == P.PRESET_PARAM:
@@ -289,11 +361,13 @@ def _check_command(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"command: {item!r} holds several arguments; give each its own `- item`")
     literal = [c for c in rest if not (c.startswith("${") and c.endswith("}"))]
     try:
-        parsed = P.parse_argv(literal, source="command")
+        natives, _ = P.split_argv(literal, source="command")
     except P.SweepParamError as err:
         problems.append(f"command: {err}")
         return problems
-    for path in parsed.configs():
+    configs = [natives[i + 1] for i, a in enumerate(natives[:-1]) if a in ("--config", "-c")]
+    configs += [a.partition("=")[2] for a in natives if a.partition("=")[0] in ("--config", "-c") and "=" in a]
+    for path in configs:
         if P.resolve_config_path(path) is None:
             problems.append(f"command: config file {path} not found (from the current directory or {P.REPO_ROOT})")
     return problems
@@ -321,7 +395,7 @@ def validate_sweep(config: Mapping[str, Any], path: str | Path | None = None) ->
         if key == "constraints":
             problems.append(
                 "constraints: not part of W&B's sweep schema (W&B rejects the whole config). dsum enforces the "
-                "original length constraints itself (dsum.sweep.params: encoder_max_len > 512 caps the train "
+                "original length constraints itself (dsum.sweep.mapping: encoder_max_len > 512 caps the train "
                 "batch at 16, > 1024 at 8 with accumulation >= 2): delete this key"
             )
         elif key not in TOP_LEVEL_KEYS:
@@ -409,7 +483,7 @@ def _check_parameter_set(parameters: Mapping[str, Any], method: str) -> list[str
         problems += found
         if found or name == P.PRESET_PARAM:
             continue
-        key = P.target_key(name) or name
+        key = P.target_key_or_none(name) or name
         if key in keys:
             problems.append(f"parameters.{name}: sets {key}, as parameters.{keys[key]} does: keep one")
         keys[key] = name

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dsum.callbacks import RUN_RECORD
+import yaml
+
+from dsum.callbacks.record import RUN_RECORD
 from dsum.files import atomic_write_json, atomic_write_text, read_json
 from dsum.secrets import redact
-from dsum.sweep.registry import DEFAULT_REGISTRY, Goal, beats, promote_if_better
+from dsum.sweep.registry import (
+    DEFAULT_REGISTRY, SANDBOX_REGISTRY, Goal, RegistryError, beats, promote_if_better, registry_for, resolve, run_facts,
+    wandb_online,
+)
 
 TRIAL_RECORDS = (RUN_RECORD, "validate.json")
 
@@ -65,8 +72,49 @@ def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None, metric: s
             "run_dir": str(run_dir),
             "best_model": record.get("best_model"),
             "started_at": (record.get("history") or [{}])[0].get("started_at"),
+            "model_version": evaluated_version(run_dir),
         })
     return rows
+
+
+def evaluated_version(run_dir: Path) -> dict[str, Any] | None:
+    """The registry version a trial started from (``--model.pretrained=models/registry/<key>/best``), if any:
+    what a generation sweep tunes."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return None
+    with open(config, encoding="utf-8") as handle:
+        model = (yaml.safe_load(handle) or {}).get("model") or {}
+    pretrained = (model.get("init_args") or {}).get("pretrained")
+    return resolve(pretrained) if isinstance(pretrained, str) else None
+
+
+def promote_best(best: dict[str, Any], sweep_id: str, metric: str, goal: Goal, registry: str | Path,
+                 sandbox_registry: str | Path) -> dict[str, Any]:
+    """Promote the best trial's exported model into the registry of its evaluation key (sample-data and tiny-model
+    runs into ``sandbox_registry``). Returns what happened; a refusal is reported, never raised."""
+    run_dir = Path(best["run_dir"])
+    record = trial_record(run_dir) or {}
+    try:
+        facts = run_facts(record, metric, goal, run_dir, best["best_model"])
+        root = registry_for(facts, registry, sandbox_registry)
+        wandb_info = record.get("wandb") or {}
+        online = wandb_info.get("mode") not in ("offline", "disabled", "dryrun") and wandb_online()
+        promotion = promote_if_better(
+            best["best_model"], best["metric"], facts.key, root,
+            meta={"run_id": best["run_id"], "sweep_id": sweep_id, "params": best["params"], "run_dir": str(run_dir),
+                  "model": {"class_path": facts.model_class, "pretrained": facts.pretrained},
+                  "val_file": facts.val_file, "sandbox": facts.sandbox},
+            wandb_run={"run_id": wandb_info.get("run_id"), "project": wandb_info.get("project")} if online else None,
+        )
+    except (RegistryError, FileNotFoundError) as error:
+        print(f"dsum: not promoted: {error}", file=sys.stderr)
+        return {"promoted": False, "registry": None, "registry_key": None, "registry_version": None,
+                "promotion_error": str(error)}
+    version = promotion.version if promotion.promoted else (promotion.incumbent or {}).get("version")
+    return {"promoted": promotion.promoted, "registry": str(root), "registry_key": facts.key.slug(),
+            "registry_version": version, "registry_path": str(promotion.key_dir / f"v{version}") if version else None,
+            "sandbox": facts.sandbox, "promotion_error": None}
 
 
 def wandb_trials(sweep_path: str, metric: str) -> list[dict[str, Any]]:
@@ -101,6 +149,7 @@ def summarize(
     goal: Goal = "maximize",
     wandb_path: str | None = None,
     registry: str | Path | None = DEFAULT_REGISTRY,
+    sandbox_registry: str | Path = SANDBOX_REGISTRY,
 ) -> dict[str, Any]:
     """Write ``<sweep_dir>/<sweep_id>_summary.json`` and ``<sweep_id>_runs.csv``; promote the best model.
 
@@ -110,7 +159,8 @@ def summarize(
         metric: The metric trials were ranked by.
         goal: ``maximize`` or ``minimize``.
         wandb_path: ``entity/project/sweep_id`` to also read trials from the W&B API; local records win.
-        registry: Best-model directory to promote into, or None not to promote.
+        registry: Registry root real runs promote into, or None not to promote.
+        sandbox_registry: Registry root for runs on the bundled sample data or on ``dsum.tiny`` models.
     """
     sweep_dir = Path(sweep_dir)
     trials = {t["run_id"]: t for t in (wandb_trials(wandb_path, metric) if wandb_path else [])}
@@ -118,10 +168,10 @@ def summarize(
     rows = sorted(trials.values(), key=lambda t: str(t.get("started_at") or ""))
     values = [t["metric"] for t in rows if t["metric"] is not None and t["state"] == "completed"]
     best = best_trial([t for t in rows if t["state"] == "completed"], goal)
-    promoted = False
-    if registry is not None and best is not None and best.get("best_model"):
-        promoted = promote_if_better(best["best_model"], best["metric"], metric, goal, registry,
-                                     {"run_id": best["run_id"], "sweep_id": sweep_id, "params": best["params"]})
+    promotion: dict[str, Any] = {"promoted": False, "registry": None, "registry_key": None, "registry_version": None}
+    if registry is not None and best is not None and best.get("best_model") and best.get("run_dir"):
+        promotion = promote_best(best, sweep_id, metric, goal, registry, sandbox_registry)
+    tuned = {json.dumps(t["model_version"], sort_keys=True) for t in rows if t.get("model_version")}
     summary = {
         "sweep_id": sweep_id,
         "metric": metric,
@@ -131,8 +181,9 @@ def summarize(
         "best_params": best and best["params"],
         "best_model_path": best and best["best_model"],
         "best_run_dir": best and best["run_dir"],
-        "promoted": promoted,
-        "registry": str(registry) if registry is not None else None,
+        **promotion,
+        # The registry versions the trials evaluated (a generation sweep names the model it tunes).
+        "tuned_models": [json.loads(t) for t in sorted(tuned)],
         "metric_stats": {
             "count": len(values),
             "mean": statistics.fmean(values) if values else None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dsum.secrets import redact_text
+from dsum.files import atomic_write_json
+from dsum.secrets import redact, redact_text
 from dsum.sweep.spec import load_sweep
 from dsum.sweep.wandb_backend import sweep_name
 
@@ -38,6 +40,13 @@ PID_STARTED_ATTR = "dsum_pid_started"
 HEARTBEAT_ATTR = "dsum_heartbeat"
 STATE_ATTR = "dsum_state"
 SKIPPED_ATTR = "dsum_skipped"
+TRIAL_PID_ATTR = "dsum_trial_pid"  # the trial process itself (its worker's is PID_ATTR)
+TRIAL_STARTED_ATTR = "dsum_trial_started"
+RETRY_ATTR = "dsum_retry"  # 1, 2, ...: this trial re-runs the parameters of a trial whose worker died
+RETRY_OF_ATTR = "dsum_retry_of"  # that trial's number
+REQUEUED_ATTR = "dsum_requeued"  # this trial's worker died and its parameters were queued again
+# How long a trial process orphaned by a dead worker gets to save and exit after SIGTERM, before SIGKILL.
+ORPHAN_GRACE_SECONDS = 60.0
 # Study user attribute: the grid was queued (so a resume never queues it twice).
 GRID_ATTR = "dsum_grid_queued"
 # The parts of a sweep YAML that define its search; the study id changes with them.
@@ -85,14 +94,60 @@ def _process_alive(pid: int, started: float | None) -> bool:
         return True  # cannot tell (permissions): leave it to the heartbeat
 
 
-def process_started() -> float | None:
-    """This process's start time, recorded beside its pid so a reused pid is not taken for the worker."""
+def process_started(pid: int | None = None) -> float | None:
+    """The start time of process ``pid`` (default: this one), recorded beside its pid so a reused pid is not
+    taken for the worker."""
     import psutil
 
     try:
-        return psutil.Process().create_time()
+        return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+def stop_trial_process(pid: int, started: float | None, grace: float = ORPHAN_GRACE_SECONDS) -> bool:
+    """Stop a trial process whose worker died, if it still runs (a worker killed without its trial): SIGTERM
+    (it saves ``last.ckpt`` and records ``interrupted``), then SIGKILL after ``grace`` seconds. Returns whether
+    a process was stopped. A pid now used by another process (other start time) is left alone."""
+    import psutil
+
+    if not _process_alive(pid, started):
+        return False
+    try:
+        process = psutil.Process(pid)
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except psutil.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.Error as error:
+        print(f"dsum: could not stop orphaned trial process {pid}: {error}", flush=True)
+        return False
+    print(f"dsum: stopped trial process {pid}, orphaned by its dead worker", flush=True)
+    return True
+
+
+def mark_record_failed(run_dir: Path, reason: str) -> bool:
+    """Mark a dead trial's run record ``failed`` (with ``reason``) when it still says ``running``, so summaries
+    and ``runs.csv`` never show it running forever. Returns whether the record was changed."""
+    path = next((run_dir / name for name in ("run.json", "validate.json") if (run_dir / name).is_file()), None)
+    if path is None:
+        return False
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("status") != "running":
+        return False
+    record["status"] = "failed"
+    history = record.get("history") or [{}]
+    history[-1] = {**history[-1], "status": "failed", "error": reason, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record["history"] = history
+    atomic_write_json(path, redact(record))
+    return True
 
 
 def is_stale(trial: optuna.trial.FrozenTrial, now: float, host: str) -> bool:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dsum.secrets import refuse_secret_values
 from dsum.sweep.spec import load_sweep, validate_sweep
 from dsum.sweep.summary import sweep_dir_for
 from dsum.tracking import has_wandb_credentials
@@ -34,6 +35,7 @@ def create_sweep(sweep_file: str | Path, project: str | None = None, entity: str
     """Validate the sweep YAML and register it with W&B; returns the sweep id."""
     config = load_sweep(sweep_file)
     validate_sweep(config, sweep_file)
+    refuse_secret_values(config, str(sweep_file))  # W&B stores the sweep config as given
     require_server()
     import wandb
 

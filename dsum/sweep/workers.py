@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +20,23 @@ class WorkerResult:
     elapsed_seconds: float
     log_file: str
     gpu: str | None
+
+
+_PR_SET_PDEATHSIG = 1
+_SIGTERM = int(signal.SIGTERM)
+try:  # resolved once, before any fork: the child may only make the call itself
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if os.uname().sysname == "Linux" else None
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that must not outlive the thread that started it: on Linux the kernel sends
+    it SIGTERM when that thread (a sweep worker waiting for it) dies, even by SIGKILL. A no-op elsewhere."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, _SIGTERM)
 
 
 def visible_gpus() -> list[str]:
@@ -61,7 +79,9 @@ def run_workers(commands: list[list[str]], log_dir: str | Path, env: dict[str, s
         log_file = log_dir / f"worker_{i}.log"
         handle = open(log_file, "w", encoding="utf-8")
         started = time.monotonic()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=worker_env)
+        # A worker stops (SIGTERM: its trials record `interrupted`) when this launcher dies, even by SIGKILL.
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=worker_env,
+                                   preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
         running.append((i, process, handle, started, log_file, gpu))
         print(f"dsum: worker {i} started (pid {process.pid}, gpu {gpu or 'none'}), log {log_file}")
     results = []

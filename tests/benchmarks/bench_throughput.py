@@ -15,6 +15,8 @@ truncation:
   The faster of the two is "a".
 - ``b/hf_dynamic``: ``Seq2SeqTrainer`` + ``DataCollatorForSeq2Seq`` as in HF's ``run_summarization.py``
   (random order, per-batch padding, label pads -100).
+- ``b2/hf_group_by_length``: ``b`` with the Trainer's own length grouping
+  (``train_sampling_strategy="group_by_length"``, transformers 5).
 - ``c/hf_full_pad``: the original baseline: the whole set padded to its longest example
   (``padding="max_length"``), the Trainer's default collator.
 
@@ -25,7 +27,17 @@ Then it measures the per-trial overhead of ``python main.py fit`` (process start
 batch, from ``startup_seconds`` in ``run.json``) on ``--csv`` repeated to the real train.csv's 12,457
 dialogues, cold (empty tokenization cache) and warm. On a CUDA
 machine it also runs a KoBART-sized BART (d_model 768, 6+6 layers, vocab 30,000, bf16-mixed) through
-"a" and "b". The last line printed is ``ratios: a/b=...x a/c=...x``.
+"a", "b" and "b2".
+
+Generation (``--gen-variants``, on the first ``--gen-rows`` rows of ``--csv``; batch 32, beams 4, 100 new
+tokens, no_repeat_ngram_size 2, the untrained model): ``g/dsum_validate`` (``Trainer.validate``: loss,
+generation, decoding, ROUGE) against a plain HF ``generate`` loop over the same ids sorted longest first
+(``g/hf_sorted``) and in file order (``g/hf_file_order``).
+
+Switches (``--switches``, or ``+name[=value]`` after a dsum row) measure one setting on and off in the same
+run: ``compile``, ``attn=...``, ``dropout=...``, ``log_every=...``, ``progress_bar``.
+
+The last line printed is ``ratios: a/b=...x a/b2=...x a/c=...x gen/sorted=...x gen/file_order=...x``.
 
 This file is not collected by pytest (its name does not match ``test_*.py``).
 """
@@ -66,7 +78,21 @@ KOBART_SIZED = {"d_model": 768, "layers": 6, "heads": 12, "ffn": 3072}
 KOBART_ROWS = 30000
 # The real competition train.csv has 12,457 dialogues: the per-trial overhead is measured at that size.
 TRAIN_CSV_ROWS = 12457
-VARIANTS = ("a/length_grouped", "a/token_budget", "b/hf_dynamic", "c/hf_full_pad")
+VARIANTS = ("a/length_grouped", "a/token_budget", "b/hf_dynamic", "b2/hf_group_by_length", "c/hf_full_pad")
+GEN_VARIANTS = ("g/dsum_validate", "g/hf_sorted", "g/hf_file_order")
+# The issue's generation setting: an untrained model, so every summary runs to max_new_tokens.
+GENERATION = {"num_beams": 4, "max_new_tokens": 100, "no_repeat_ngram_size": 2}
+EVAL_BATCH_SIZE = 32
+# Per-row switches, appended to a dsum row's name: "a/token_budget+compile", "g/dsum_validate+attn=eager".
+# Each is measured on and off in one run; see tests/benchmarks/README.md for which dsum turns on by default.
+# Value: (what it does, the rows it applies to: "a/" training, "g/" generation).
+SWITCHES = {
+    "compile": ("model.compile=true: torch.compile of every transformer layer, dynamic shapes", ("a/", "g/")),
+    "attn": ("model.attn_implementation=VALUE (sdpa, eager, flash_attention_2)", ("a/", "g/")),
+    "dropout": ("every dropout probability set to VALUE (0 shows what dropout's random masks cost)", ("a/",)),
+    "log_every": ("trainer.log_every_n_steps=VALUE (the benchmark's default is the CLI's 10)", ("a/",)),
+    "progress_bar": ("the progress bar on (reads the logged loss every step: a device sync on GPU)", ("a/",)),
+}
 CHILD_ENV = {
     "WANDB_MODE": "disabled",
     "WANDB_SILENT": "true",
@@ -74,6 +100,54 @@ CHILD_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONWARNINGS": "ignore",
 }
+
+
+# ============================================================================ switches
+def variant_switches(variant: str) -> dict[str, str]:
+    """The switches in a row name: ``"a/token_budget+compile+attn=eager"`` -> ``{"compile": "", "attn": "eager"}``.
+
+    Raises:
+        ValueError: an unknown switch, naming the row and the known ones.
+    """
+    switches: dict[str, str] = {}
+    for part in variant.split("+")[1:]:
+        name, _, value = part.partition("=")
+        if name not in SWITCHES:
+            raise ValueError(f"row {variant!r}: unknown switch {name!r}; known: {', '.join(SWITCHES)}")
+        switches[name] = value
+    return switches
+
+
+def model_switches(switches: dict[str, str]) -> dict[str, Any]:
+    """The ``SummarizerBase`` arguments the switches set."""
+    out: dict[str, Any] = {}
+    if "compile" in switches:
+        out["compile"] = switches["compile"].lower() not in ("0", "false", "off")
+    if switches.get("attn"):
+        out["attn_implementation"] = switches["attn"]
+    return out
+
+
+def set_dropout(model: Any, probability: float) -> int:
+    """Set every dropout probability of a Hugging Face model (``nn.Dropout`` modules and the float
+    ``*dropout`` attributes BART-style layers pass to ``F.dropout``); returns how many were set."""
+    import torch
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = probability
+            count += 1
+        for name, value in vars(module).items():
+            if name.endswith("dropout") and isinstance(value, float):
+                setattr(module, name, probability)
+                count += 1
+    return count
+
+
+def base_variant(variant: str) -> str:
+    """The row without its switches: ``"a/token_budget+compile"`` -> ``"a/token_budget"``."""
+    return variant.split("+", 1)[0]
 
 
 # ============================================================================ measurement (children)
@@ -88,8 +162,12 @@ class BatchRecorder:
         self.collate = collate
         self.records: list[tuple[int, int, int, int, int]] = []
 
+    collate_seconds = 0.0
+
     def __call__(self, examples: list[Any]) -> dict[str, Any]:
+        started = time.perf_counter()
         batch = self.collate(examples)
+        self.collate_seconds += time.perf_counter() - started
         mask = batch["attention_mask"]
         labels = batch["labels"]
         self.records.append((
@@ -154,6 +232,10 @@ def summarize_run(clock: StepClock, recorder: BatchRecorder, warmup: int, fit_se
         "decoder_padding_fraction": 1 - sum(r[4] for r in records) / dec_total,
         "encoder_positions": enc_total,
         "mean_examples_per_step": sum(samples) / steps,
+        "collate_ms_per_step": 1000 * recorder.collate_seconds / max(len(recorder.records), 1),
+        # Warm-up steps' time beyond the steady step time: one-time set-up, torch.compile's compilation included.
+        "warmup_overhead_s": max(0.0, (clock.step_ends[skip - 1] - clock.start if skip else 0.0)
+                                 - skip * timed / max(steps - skip, 1)),
         # CPU seconds / (wall seconds x threads): well below 1 on a CPU run means other processes took
         # cores during the measurement (with several threads, one starved thread stalls them all).
         "cpu_utilisation": (clock.cpu_end - clock.cpu_start) / (clock.step_ends[-1] - clock.start)
@@ -223,7 +305,8 @@ def run_dsum(opts: argparse.Namespace) -> dict[str, Any]:
     from dsum.models.base import GenerationSettings
 
     cuda = torch.cuda.is_available() and not opts.cpu
-    batching = opts.variant.split("/", 1)[1]
+    switches = variant_switches(opts.variant)
+    batching = base_variant(opts.variant).split("/", 1)[1]
     dm = _datamodule(opts, batching, opts.max_tokens if batching == "token_budget" else None)
     loader_factory = dm.train_dataloader
     recorder_box: list[BatchRecorder] = []
@@ -248,16 +331,18 @@ def run_dsum(opts: argparse.Namespace) -> dict[str, Any]:
     model = Seq2SeqSummarizer(
         pretrained=opts.model, tokenizer=dm.tokenizer, learning_rate=LEARNING_RATE,
         weight_decay=WEIGHT_DECAY, lr_scheduler="cosine", warmup_ratio=WARMUP_RATIO,
-        generation=GenerationSettings(num_beams=1, no_repeat_ngram_size=0),
+        generation=GenerationSettings(num_beams=1, no_repeat_ngram_size=0), **model_switches(switches),
     )
+    if "dropout" in switches:
+        set_dropout(model.model, float(switches["dropout"]))
     trainer = L.Trainer(
         accelerator="gpu" if cuda else "cpu", devices=1,
         precision="bf16-mixed" if cuda else "32-true",
         max_epochs=opts.epochs, max_steps=opts.max_steps or -1,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        enable_progress_bar="progress_bar" in switches, enable_model_summary=False,
         use_distributed_sampler=False,  # as dsum's CLI: the batch sampler shards itself
-        log_every_n_steps=10, callbacks=[Clock()],
+        log_every_n_steps=int(switches.get("log_every") or 10), callbacks=[Clock()],
     )
     started = time.perf_counter()
     _profiled(opts, lambda: trainer.fit(model, datamodule=dm))
@@ -267,14 +352,15 @@ def run_dsum(opts: argparse.Namespace) -> dict[str, Any]:
         "batching": batching,
         "max_tokens": opts.max_tokens if batching == "token_budget" else None,
         "precision": trainer.precision,
+        "switches": switches,
     }
 
 
-def _hf_texts(opts: argparse.Namespace):
+def _hf_texts(opts: argparse.Namespace, split: str = "train"):
     """dsum's tokenizer (masks added) and its normalised texts, plus dsum's own token ids to compare."""
     dm = _datamodule(opts)
     dm.setup(None)
-    data = dm.splits["train"]
+    data = dm.splits[split]
     return dm.tokenizer, data.dialogues, [refs[0] for refs in data.references], data.features
 
 
@@ -287,13 +373,15 @@ def _hf_model(opts: argparse.Namespace, tokenizer: Any):
     return model.train()
 
 
-def _hf_arguments(opts: argparse.Namespace, output_dir: str, cuda: bool, optim: str | None):
+def _hf_arguments(opts: argparse.Namespace, output_dir: str, cuda: bool, optim: str | None,
+                  sampling: str = "random"):
     from transformers import Seq2SeqTrainingArguments
 
     # b: HF's default AdamW kernel (fused for torch >= 2.8), as run_summarization.py gets it;
     # c: the original baseline's explicit `optim: adamw_torch`. Same AdamW, same hyperparameters.
     chosen = {"optim": optim} if optim else {}
     return Seq2SeqTrainingArguments(
+        train_sampling_strategy=sampling,  # b2: "group_by_length", HF's own LengthGroupedSampler
         output_dir=output_dir, per_device_train_batch_size=opts.batch_size, num_train_epochs=opts.epochs,
         max_steps=opts.max_steps or -1, learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
         lr_scheduler_type="cosine", warmup_steps=WARMUP_RATIO, **chosen,
@@ -358,7 +446,8 @@ def run_hf(opts: argparse.Namespace) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench_hf_") as output_dir:
         trainer = Seq2SeqTrainer(
-            model=model, args=_hf_arguments(opts, output_dir, cuda, "adamw_torch" if full_pad else None),
+            model=model, args=_hf_arguments(opts, output_dir, cuda, "adamw_torch" if full_pad else None,
+                                            "group_by_length" if opts.variant.startswith("b2/") else "random"),
             train_dataset=dataset,
             data_collator=recorder, processing_class=tokenizer, callbacks=[Clock()],
         )
@@ -374,12 +463,119 @@ def run_hf(opts: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# ============================================================================= generation (children)
+def _gen_settings(opts: argparse.Namespace):
+    from dsum.models.base import GenerationSettings
+
+    return GenerationSettings(**{**GENERATION, "max_new_tokens": opts.gen_new_tokens})
+
+
+def _generation_result(seconds: float, batch_seconds: list[float], examples: int, tokens: int,
+                       batches: int) -> dict[str, Any]:
+    return {"samples_per_s": examples / seconds, "seconds": seconds, "examples": examples, "batches": batches,
+            "generated_tokens": tokens, "tokens_per_s": tokens / seconds,
+            "batch_seconds": [round(t, 4) for t in batch_seconds]}
+
+
+def run_dsum_generation(opts: argparse.Namespace) -> dict[str, Any]:
+    """g/dsum_validate: ``trainer.validate`` as every epoch of a sweep trial runs it (loss, generation,
+    decoding, ROUGE), with ``eval_batch_size`` 32 over dsum's longest-first batches."""
+    import lightning.pytorch as L
+    import torch
+
+    from dsum.data import DialogueDataModule
+    from dsum.models import Seq2SeqSummarizer
+
+    cuda = torch.cuda.is_available() and not opts.cpu
+    switches = variant_switches(opts.variant)
+    dm = DialogueDataModule(
+        tokenizer_name=opts.model, val_file=opts.gen_csv, eval_batch_size=EVAL_BATCH_SIZE,
+        encoder_max_len=ENCODER_MAX_LEN, decoder_max_len=DECODER_MAX_LEN, cache_dir=opts.cache_dir, seed=SEED,
+    )
+    L.seed_everything(SEED, verbose=False)
+    model = Seq2SeqSummarizer(pretrained=opts.model, tokenizer=dm.tokenizer, generation=_gen_settings(opts),
+                              **model_switches(switches))
+    generated: list[int] = []
+    generate_ids = model.generate_ids
+
+    def counted(batch: dict[str, Any]) -> Any:
+        ids = generate_ids(batch)
+        generated.append(int((ids != model.tokenizer.pad_token_id).sum()))
+        return ids
+
+    model.generate_ids = counted  # type: ignore[method-assign]
+    marks: list[float] = []
+
+    class Clock(L.Callback):
+        def on_validation_start(self, trainer, pl_module):
+            marks.append(time.perf_counter())
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            marks.append(time.perf_counter())
+
+        def on_validation_end(self, trainer, pl_module):
+            marks.append(time.perf_counter())
+
+    trainer = L.Trainer(
+        accelerator="gpu" if cuda else "cpu", devices=1, precision="bf16-mixed" if cuda else "32-true",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False, callbacks=[Clock()],
+    )
+    metrics = _profiled(opts, lambda: trainer.validate(model, datamodule=dm, verbose=False))
+    seconds = marks[-1] - marks[0]
+    return {**_generation_result(seconds, [b - a for a, b in itertools.pairwise(marks[:-1])],
+                                 len(dm.splits["val"].dialogues), sum(generated), len(generated)),
+            "metrics": metrics[0] if metrics else {}, "switches": switches}
+
+
+def run_hf_generation(opts: argparse.Namespace) -> dict[str, Any]:
+    """g/hf_sorted and g/hf_file_order: a plain loop of ``model.generate`` + ``batch_decode``, batches of 32,
+    over the same token ids, longest first (sorted by hand) or in the file's order."""
+    import torch
+
+    cuda = torch.cuda.is_available() and not opts.cpu
+    gen_opts = argparse.Namespace(**{**vars(opts), "csv": opts.gen_csv})
+    tokenizer, dialogues, _, dsum_features = _hf_texts(gen_opts, split="val")
+    enc = tokenizer(dialogues, max_length=ENCODER_MAX_LEN, truncation=True)
+    same = enc["input_ids"] == dsum_features["input_ids"]
+    ids = enc["input_ids"]
+    order = list(range(len(ids)))
+    if opts.variant.startswith("g/hf_sorted"):
+        order.sort(key=lambda i: -len(ids[i]))
+    _seed_all()
+    model = _hf_model(opts, tokenizer).eval()
+    device = torch.device("cuda" if cuda else "cpu")
+    model.to(device)
+    kwargs = _gen_settings(opts).generate_kwargs()
+    generated, marks = 0, [time.perf_counter()]
+
+    def loop() -> None:
+        nonlocal generated
+        for start in range(0, len(order), EVAL_BATCH_SIZE):
+            rows = [{"input_ids": ids[i]} for i in order[start : start + EVAL_BATCH_SIZE]]
+            batch = tokenizer.pad(rows, return_tensors="pt").to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                out = model.generate(**batch, **kwargs)
+            tokenizer.batch_decode(out, skip_special_tokens=True)
+            generated += int((out[:, 1:] != tokenizer.pad_token_id).sum())
+            marks.append(time.perf_counter())
+
+    marks[0] = time.perf_counter()
+    _profiled(opts, loop)
+    return {**_generation_result(marks[-1] - marks[0], [b - a for a, b in itertools.pairwise(marks)], len(ids),
+                                 generated, len(marks) - 1),
+            "tokenization_matches_dsum": same}
+
+
 def child_main(opts: argparse.Namespace) -> None:
     import torch
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    result = run_dsum(opts) if opts.variant.startswith("a/") else run_hf(opts)
+    if opts.variant.startswith("g/"):
+        result = run_dsum_generation(opts) if opts.variant.startswith("g/dsum") else run_hf_generation(opts)
+    else:
+        result = run_dsum(opts) if opts.variant.startswith("a/") else run_hf(opts)
     result.update(peak_memory(), variant=opts.variant, torch_threads=torch.get_num_threads())
     Path(opts.result_file).write_text(json.dumps(result, indent=2))
 
@@ -500,6 +696,8 @@ def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extr
         str(opts.warmup_steps), "--max-steps", str(opts.max_steps), "--cache-dir", opts.cache_dir,
         "--result-file", result_file, "--threads", str(opts.threads), f"--tag={tag}", *extra,
     ]
+    if getattr(opts, "gen_csv", None):
+        cmd += ["--gen-csv", opts.gen_csv, "--gen-new-tokens", str(opts.gen_new_tokens)]
     if opts.cpu:
         cmd.append("--cpu")
     if opts.profile:
@@ -516,8 +714,9 @@ def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extr
     result = json.loads(Path(result_file).read_text())
     os.unlink(result_file)
     result["process_seconds"] = time.perf_counter() - started
-    print(f"   {result['samples_per_s']:.2f} samples/s, {result['steps']} steps, "
-          f"{result['process_seconds']:.0f}s", file=sys.stderr, flush=True)
+    work = f"{result['steps']} steps" if "steps" in result else f"{result['examples']} examples"
+    print(f"   {result['samples_per_s']:.2f} samples/s, {work}, {result['process_seconds']:.0f}s",
+          file=sys.stderr, flush=True)
     return result
 
 
@@ -587,7 +786,7 @@ def print_table(title: str, results: dict[str, dict[str, Any]]) -> None:
     print(f"\n{title}")
     width = max(18, *(len(n) for n in results))
     header = f"{'variant':<{width}} {'samples/s':>9} {'(incl warm-up)':>14} {'enc pad':>8} {'dec pad':>8} " \
-             f"{'peak RSS MB':>11} {'steps':>5} {'ex/step':>7} {'cpu%':>5}"
+             f"{'peak RSS MB':>11} {'steps':>5} {'ex/step':>7} {'cpu%':>5} {'collate ms':>10}"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
@@ -595,7 +794,7 @@ def print_table(title: str, results: dict[str, dict[str, Any]]) -> None:
         print(f"{name:<{width}} {r['samples_per_s']:>9.2f} {r['samples_per_s_incl_warmup']:>14.2f} "
               f"{r['encoder_padding_fraction']:>8.1%} {r['decoder_padding_fraction']:>8.1%} "
               f"{r['peak_rss_mb']:>11.0f} {r['steps']:>5} {r['mean_examples_per_step']:>7.1f} "
-              f"{r['cpu_utilisation']:>5.0%}{gpu}")
+              f"{r['cpu_utilisation']:>5.0%} {r.get('collate_ms_per_step', float('nan')):>10.2f}{gpu}")
     differ = [n for n, r in results.items() if r.get("tokenization_matches_dsum") is False]
     if differ:
         print(f"WARNING: {', '.join(differ)}: HF tokenization differs from dsum's; the work is not equal")
@@ -612,9 +811,60 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def best_dsum(results: dict[str, dict[str, Any]]) -> str:
-    """The fastest dsum row."""
-    return max((n for n in results if n.startswith("a/")), key=lambda n: results[n]["samples_per_s"])
+def best_dsum(results: dict[str, dict[str, Any]], switched: bool = False) -> str:
+    """The fastest dsum row: of the default mode (rows without switches), or of every mode (``switched``)."""
+    rows = [n for n in results if n.startswith("a/") and (switched or "+" not in n)]
+    return max(rows or [n for n in results if n.startswith("a/")], key=lambda n: results[n]["samples_per_s"])
+
+
+def generation_csv(csv: str, rows: int, out: Path) -> str:
+    """The first ``rows`` rows of ``csv`` (all of them for 0), for the generation rows."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    if not rows or rows >= len(frame):
+        return csv
+    frame.iloc[:rows].to_csv(out, index=False)
+    return str(out)
+
+
+def print_generation_table(title: str, results: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{title}")
+    width = max(18, *(len(n) for n in results))
+    header = f"{'variant':<{width}} {'samples/s':>9} {'seconds':>8} {'batches':>7} {'gen tokens':>10} " \
+             f"{'tokens/s':>8} {'peak RSS MB':>11}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(f"{name:<{width}} {r['samples_per_s']:>9.2f} {r['seconds']:>8.1f} {r['batches']:>7} "
+              f"{r['generated_tokens']:>10} {r['tokens_per_s']:>8.0f} {r['peak_rss_mb']:>11.0f}")
+    tokens = {r["generated_tokens"] for r in results.values()}
+    if len(tokens) > 1:
+        print("note: the rows generated different numbers of tokens (see the column); compare tokens/s too")
+    differ = [n for n, r in results.items() if r.get("tokenization_matches_dsum") is False]
+    if differ:
+        print(f"WARNING: {', '.join(differ)}: HF tokenization differs from dsum's; the work is not equal")
+
+
+def all_ratios(results: dict[str, dict[str, Any]], generation: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``a/b``, ``a/b2``, ``a/c`` for dsum's default mode (``a``) and, when a switched row is faster, its best
+    mode (``best/...``); ``gen/sorted`` and ``gen/file_order``: dsum's validation against HF ``generate``."""
+    ratios: dict[str, float] = {}
+    peers = (("b", "b/hf_dynamic"), ("b2", "b2/hf_group_by_length"), ("c", "c/hf_full_pad"))
+    default, best = best_dsum(results), best_dsum(results, switched=True)
+    for label, row in (("a", default), ("best", best)) if best != default else (("a", default),):
+        for key, name in peers:
+            if name in results:
+                ratios[f"{label}/{key}"] = results[row]["samples_per_s"] / results[name]["samples_per_s"]
+    dsum_rows = [n for n in generation if n.startswith("g/dsum")]
+    if dsum_rows:
+        plain = "g/dsum_validate" if "g/dsum_validate" in generation else dsum_rows[0]
+        fastest = max(dsum_rows, key=lambda n: generation[n]["samples_per_s"])
+        for label, row in (("gen", plain), ("gen_best", fastest)) if fastest != plain else (("gen", plain),):
+            for key, name in (("sorted", "g/hf_sorted"), ("file_order", "g/hf_file_order")):
+                if name in generation:
+                    ratios[f"{label}/{key}"] = generation[row]["samples_per_s"] / generation[name]["samples_per_s"]
+    return ratios
 
 
 def parent_main(opts: argparse.Namespace) -> None:
@@ -650,12 +900,28 @@ def parent_main(opts: argparse.Namespace) -> None:
         trials: dict[str, list[dict[str, Any]]] = {v: [] for v in opts.variants}
         for _ in range(opts.repeats):
             for variant in opts.variants:  # interleaved, so a slow spell on the machine hits all variants
-                extra = ["--max-tokens", str(budget["max_tokens"])] if variant == "a/token_budget" else []
+                extra = (["--max-tokens", str(budget["max_tokens"])] if base_variant(variant) == "a/token_budget"
+                         else [])
                 trials[variant].append(run_child(opts, variant, opts.model, "", extra))
         results = {v: best_trial(ts) for v, ts in trials.items()}
         report["variants"] = results
+
+        generation: dict[str, dict[str, Any]] = {}
+        if opts.gen_variants:
+            opts.gen_csv = generation_csv(opts.csv, opts.gen_rows, Path(tmp) / "generation.csv")
+            report["settings"]["generation"] = {**GENERATION, "max_new_tokens": opts.gen_new_tokens,
+                                                "batch_size": EVAL_BATCH_SIZE,
+                                                "rows": opts.gen_rows or None}
+            gen_trials: dict[str, list[dict[str, Any]]] = {v: [] for v in opts.gen_variants}
+            for _ in range(opts.gen_repeats):
+                for variant in opts.gen_variants:
+                    gen_trials[variant].append(run_child(opts, variant, opts.model, "", []))
+            generation = {v: best_trial(ts) for v, ts in gen_trials.items()}
+            report["generation"] = generation
         # The bound models a whole epoch; a --max-steps smoke run covers only part of one.
-        report["padding_free"] = None if opts.max_steps else padding_free_bound(results, *lengths)
+        # Rows with switches change the cost per position, so only the default-mode rows are fitted.
+        plain = {n: r for n, r in results.items() if "+" not in n}
+        report["padding_free"] = None if opts.max_steps else padding_free_bound(plain, *lengths)
 
         if not opts.skip_startup:
             report["startup"] = startup_overhead(opts, opts.model, cuda)
@@ -668,9 +934,10 @@ def parent_main(opts: argparse.Namespace) -> None:
                 **{**vars(opts), "model": str(large), "cache_dir": str(Path(tmp) / "cache_large")}
             )
             large_budget = token_budget_for(large_opts)  # with its tokenizer; also warms its tokenization cache
-            dsum_row = best_dsum(results)  # the tiny model's faster dsum batching
+            dsum_row = base_variant(best_dsum(results))  # the tiny model's faster dsum batching
             extra = ["--max-tokens", str(large_budget["max_tokens"])] if dsum_row == "a/token_budget" else []
-            large_trials: dict[str, list[dict[str, Any]]] = {dsum_row: [], "b/hf_dynamic": []}
+            large_trials: dict[str, list[dict[str, Any]]] = {
+                dsum_row: [], "b/hf_dynamic": [], "b2/hf_group_by_length": []}
             for _ in range(opts.repeats):
                 for variant, runs in large_trials.items():
                     runs.append(run_child(large_opts, variant, large, "-kobart", extra if variant == dsum_row else []))
@@ -683,8 +950,20 @@ def parent_main(opts: argparse.Namespace) -> None:
           f"({budget['mean_examples_per_batch']:.1f} examples/batch; length_grouped: "
           f"{budget['length_grouped_batches']})")
     best = best_dsum(results)
-    if len([n for n in results if n.startswith("a/")]) > 1:
+    if len([n for n in results if n.startswith("a/") and "+" not in n]) > 1:
         print(f"best dsum batching: {best}")
+    best_mode = best_dsum(results, switched=True)
+    if best_mode != best:
+        print(f"best dsum mode: {best_mode}")
+    compiled = {n: r["warmup_overhead_s"] for n, r in results.items() if "compile" in r.get("switches", {})}
+    for name, seconds in compiled.items():
+        print(f"{name}: compile and warm-up {seconds:.1f}s beyond the steady step time (first "
+              f"{results[name]['warmup_steps_excluded']} steps; {best}: {results[best]['warmup_overhead_s']:.1f}s)")
+    if generation:
+        print_generation_table(
+            f"Generation: {report['settings']['generation']['rows'] or 'all'} rows of {Path(opts.csv).name}, batch "
+            f"{EVAL_BATCH_SIZE}, beams {GENERATION['num_beams']}, {opts.gen_new_tokens} new tokens, "
+            f"no_repeat_ngram_size {GENERATION['no_repeat_ngram_size']}, untrained model", generation)
     if "startup" in report:
         s = report["startup"]
         rows = f"{s['train_rows']:,} training dialogues" if s["train_rows"] else Path(opts.csv).name
@@ -696,26 +975,65 @@ def parent_main(opts: argparse.Namespace) -> None:
         large_rows = report["large"]
         a_row = next(n for n in large_rows if n.startswith("a/"))
         report["large_ratio_a_b"] = large_rows[a_row]["samples_per_s"] / large_rows["b/hf_dynamic"]["samples_per_s"]
-        print(f"KoBART-sized: a/b={report['large_ratio_a_b']:.2f}x")
+        report["large_ratio_a_b2"] = (large_rows[a_row]["samples_per_s"]
+                                      / large_rows["b2/hf_group_by_length"]["samples_per_s"])
+        print(f"KoBART-sized: a/b={report['large_ratio_a_b']:.2f}x a/b2={report['large_ratio_a_b2']:.2f}x")
     bound = report["padding_free"]
     if bound and not cuda:
         b = bound["bound_ratios"]
-        limits = " ".join(f"a/{k[0]}<={b[k]:.2f}x" for k in ("b/hf_dynamic", "c/hf_full_pad") if k in b)
+        peers = ("b/hf_dynamic", "b2/hf_group_by_length", "c/hf_full_pad")
+        limits = " ".join(f"a/{k.split('/')[0]}<={b[k]:.2f}x" for k in peers if k in b)
         print(f"padding-free bound (step-time model, R^2={bound['r2']:.3f}): {best} runs at "
               f"{1 / b[best]:.0%} of the no-padding speed; with no padding at all {limits}")
 
-    def ratios_for(row: str) -> dict[str, float]:
-        return {key: results[row]["samples_per_s"] / results[name]["samples_per_s"]
-                for key, name in (("a/b", "b/hf_dynamic"), ("a/c", "c/hf_full_pad")) if name in results}
-
-    ratios = ratios_for(best)
+    ratios = all_ratios(results, generation)
     report["best_dsum"] = best
+    report["best_dsum_mode"] = best_mode
     report["ratios"] = ratios
     report["environment"]["loadavg_at_end"] = os.getloadavg()
     if opts.out:
         Path(opts.out).write_text(json.dumps(report, indent=2))
         print(f"results: {opts.out}")
     print("ratios: " + " ".join(f"{k}={v:.2f}x" for k, v in ratios.items()))
+
+
+def expand_rows(variants: str, gen_variants: str, switches: str) -> tuple[list[str], list[str]]:
+    """The training and generation rows to run: the listed ones, plus one row per ``switches`` entry on
+    ``a/token_budget`` (else the first dsum training row) and on the first dsum generation row, where the
+    switch applies (``a/token_budget+compile``, ``g/dsum_validate+compile``).
+
+    Raises:
+        ValueError: an unknown row or switch, or no dsum training row, naming the value.
+    """
+    def split(text: str) -> list[str]:
+        return [v.strip() for v in text.split(",") if v.strip()]
+
+    train, gen, extra = split(variants), split(gen_variants), split(switches)
+    for rows, known, option in ((train, VARIANTS, "--variants"), (gen, GEN_VARIANTS, "--gen-variants")):
+        unknown = [v for v in rows if base_variant(v) not in known]
+        if unknown:
+            raise ValueError(f"{option}: unknown row(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        for row in rows:
+            if "+" in row and not row.startswith(("a/", "g/dsum")):
+                raise ValueError(f"{option}: {row}: switches apply to dsum rows only")
+    unknown = [switch for switch in extra if switch.partition("=")[0] not in SWITCHES]
+    if unknown:
+        raise ValueError(f"--switches: unknown {', '.join(unknown)}; known: {', '.join(SWITCHES)}")
+    if not any(v.startswith("a/") for v in train):
+        raise ValueError(f"--variants: need at least one a/ variant, from {', '.join(VARIANTS)}; got {train}")
+    for rows, prefix in ((train, "a/"), (gen, "g/dsum")):
+        # Training switches go on the token-budget row (dsum's faster batching) when it is run.
+        first = next((v for v in sorted(rows, key=lambda v: v != "a/token_budget") if v.startswith(prefix)), None)
+        if first is not None:
+            for switch in extra:
+                row = f"{base_variant(first)}+{switch}"
+                if prefix[:2] in SWITCHES[switch.partition("=")[0]][1] and row not in rows:
+                    rows.append(row)
+    for row in train + gen:
+        for switch in variant_switches(row):
+            if row[:2] not in SWITCHES[switch][1]:
+                raise ValueError(f"row {row}: switch {switch!r} does not apply to {row[:2]} rows")
+    return train, gen
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -735,7 +1053,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "0 keeps the tokenizer's size")
     parser.add_argument("--warmup-steps", type=int, default=3,
                         help="first steps left out of samples/s (the incl. column keeps them)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated training rows, from " + ", ".join(VARIANTS) + "; a dsum row may carry "
+                        "switches: a/token_budget+compile")
+    parser.add_argument("--switches", default="",
+                        help="comma-separated switches, each measured as one more row of the first a/ variant "
+                        "(training) and of g/dsum_validate (generation), e.g. compile,attn=eager,dropout=0. "
+                        "Known: " + "; ".join(f"{k}: {v[0]}" for k, v in SWITCHES.items()))
+    parser.add_argument("--gen-variants", default=",".join(GEN_VARIANTS),
+                        help="comma-separated generation rows, from " + ", ".join(GEN_VARIANTS) + " (switches as "
+                        "above); empty skips generation")
+    parser.add_argument("--gen-rows", type=int, default=128,
+                        help="generation rows: the first N rows of --csv (0: all)")
+    parser.add_argument("--gen-new-tokens", type=int, default=GENERATION["max_new_tokens"],
+                        help="max_new_tokens of the generation rows (fewer only for smoke runs)")
+    parser.add_argument("--gen-repeats", type=int, default=1,
+                        help="run every generation row this many times, interleaved, and keep each one's fastest")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every variant this many times, interleaved, and keep each one's fastest")
     parser.add_argument("--max-steps", type=int, default=0, help="stop every variant after this many steps (smoke runs)")
@@ -753,6 +1086,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    parser.add_argument("--gen-csv", help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     opts.csv = str(Path(opts.csv).resolve())
@@ -760,12 +1094,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         opts.model = str(Path(opts.model).resolve())
     if opts.profile:
         opts.profile = str(Path(opts.profile).resolve())
-    opts.variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
-    unknown = [v for v in opts.variants if v not in VARIANTS]
-    if unknown or not any(v.startswith("a/") for v in opts.variants):
-        parser.error(f"--variants: need at least one a/ variant, from {', '.join(VARIANTS)}; got {unknown or opts.variants}")
-    if min(opts.batch_size, opts.epochs, opts.repeats) <= 0:
-        parser.error("--batch-size, --epochs and --repeats must be positive")
+    if opts.variant:  # a child: one row, checked by the parent
+        return opts
+    try:
+        opts.variants, opts.gen_variants = expand_rows(opts.variants, opts.gen_variants, opts.switches)
+    except ValueError as error:
+        parser.error(str(error))
+    if min(opts.batch_size, opts.epochs, opts.repeats, opts.gen_repeats) <= 0:
+        parser.error("--batch-size, --epochs, --repeats and --gen-repeats must be positive")
     return opts
 
 

@@ -1,0 +1,238 @@
+"""Instruction prompts for decoder-only LLMs: named templates, rendered and tokenized with exact truncation.
+
+A prompt is ``prefix + dialogue + suffix``. For a **chat** template the text comes from the tokenizer's own
+``apply_chat_template``: an optional system message, then one user message holding the instruction and the
+dialogue, then the generation prompt (``add_generation_prompt=True``); the training target is the assistant
+turn: the summary followed by the model's end-of-turn token. For a **plain** template (a text with
+``{instruction}`` and ``{dialogue}`` slots, e.g. ``### Instruction / ### Input / ### Output``) the target is
+the summary followed by eos.
+
+Truncation shortens the dialogue only: the instruction, the generation prompt and the room reserved for the
+summary are never cut.
+
+``data.prompt_template`` names one of :data:`PROMPT_TEMPLATES`, or is a plain template text itself (any
+value containing ``{dialogue}``). The template used is recorded in the tokenizer's config
+(:data:`TOKENIZER_KEY`), so an exported model carries it to ``validate`` and ``predict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+from transformers import PreTrainedTokenizerBase
+
+TOKENIZER_KEY = "dsum_prompt_template"
+"""Key under which the prompt template used is saved in ``tokenizer_config.json``."""
+
+_DIALOGUE = "\u2063DSUM_DIALOGUE\u2063"
+_SUMMARY = "\u2063DSUM_SUMMARY\u2063"
+
+INSTRUCTION_KO = "다음 대화를 요약하세요."
+SYSTEM_KO = "당신은 한국어 대화를 정확하고 간결하게 요약하는 도우미입니다."
+ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{dialogue}\n\n### Output:\n"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One named prompt.
+
+    Args:
+        name: The name configs and sweeps use.
+        instruction: Instruction text put before the dialogue.
+        system: System message (chat templates only); ``None`` for none.
+        plain: Plain text template with ``{instruction}`` and ``{dialogue}`` slots; ``None`` renders with the
+            tokenizer's chat template.
+    """
+
+    name: str
+    instruction: str = INSTRUCTION_KO
+    system: str | None = None
+    plain: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
+    t.name: t
+    for t in (
+        # The tokenizer's chat template, user message "instruction\n\ndialogue" (falls back to `alpaca`
+        # for a tokenizer without a chat template).
+        PromptTemplate("chat"),
+        PromptTemplate("chat_system", system=SYSTEM_KO),
+        # The layout the winning SOLAR teams used.
+        PromptTemplate("alpaca", plain=ALPACA),
+        PromptTemplate("plain_ko", plain="{instruction}\n\n대화:\n{dialogue}\n\n요약:\n"),
+    )
+}
+"""Templates selectable by name with ``data.prompt_template``."""
+
+
+def resolve_template(value: str | dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PromptTemplate:
+    """The :class:`PromptTemplate` for a ``data.prompt_template`` value.
+
+    Args:
+        value: A name from :data:`PROMPT_TEMPLATES`, a plain template text containing ``{dialogue}``, or a
+            saved template (the dict :meth:`PromptTemplate.to_dict` gives).
+        tokenizer: Chat templates need one with ``chat_template`` set; without it ``chat`` falls back to
+            ``alpaca`` and ``chat_system`` is refused.
+    """
+    if isinstance(value, dict):
+        template = PromptTemplate(**value)
+    elif "{dialogue}" in value:
+        template = PromptTemplate("custom", plain=value)
+    elif value in PROMPT_TEMPLATES:
+        template = PROMPT_TEMPLATES[value]
+    else:
+        raise ValueError(
+            f"data.prompt_template={value!r} is not a template name ({', '.join(PROMPT_TEMPLATES)}) "
+            "and has no {dialogue} slot"
+        )
+    if template.plain is not None:
+        if "{dialogue}" not in template.plain:
+            raise ValueError(f"prompt template {template.name!r} has no {{dialogue}} slot: {template.plain!r}")
+        return template
+    if getattr(tokenizer, "chat_template", None):
+        return template
+    if template.system is None:
+        return PromptTemplate(f"{template.name}->alpaca", instruction=template.instruction, plain=ALPACA)
+    raise ValueError(
+        f"data.prompt_template={template.name!r} needs a tokenizer with a chat template, and this one has none; "
+        "choose a plain template (alpaca, plain_ko) or a tokenizer that has one"
+    )
+
+
+class PromptBuilder:
+    """Token ids of prompts and targets for one tokenizer and :class:`PromptTemplate`.
+
+    Args:
+        tokenizer: A fast tokenizer (character offsets locate the dialogue in the rendered prompt).
+        template: The prompt.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                f"data.prompt_template needs a fast tokenizer (got {type(tokenizer).__name__}); "
+                "try data.tokenizer_loader=tokenizer_json"
+            )
+        self.tokenizer = tokenizer
+        self.template = template
+        self.before, self.after = self._render(with_summary=False).split(_DIALOGUE)
+        self.end_of_turn_id = self._end_of_turn()
+        # Special ids a plain prompt starts with (a Llama-2 style <s>); chat templates write their own.
+        self.head: list[int] = []
+        if template.plain is not None:
+            probe = tokenizer("가")["input_ids"]
+            plain = tokenizer("가", add_special_tokens=False)["input_ids"]
+            if probe[len(probe) - len(plain):] == plain:
+                self.head = probe[: len(probe) - len(plain)]
+
+    def _render(self, with_summary: bool) -> str:
+        template = self.template
+        if template.plain is not None:
+            text = template.plain.replace("{instruction}", template.instruction).replace("{dialogue}", _DIALOGUE)
+            return text + (_SUMMARY if with_summary else "")
+        messages = [{"role": "system", "content": template.system}] if template.system else []
+        messages.append({"role": "user", "content": f"{template.instruction}\n\n{_DIALOGUE}"})
+        if with_summary:
+            messages.append({"role": "assistant", "content": _SUMMARY})
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not with_summary
+        )
+
+    def _end_of_turn(self) -> int:
+        """The token the chat template writes right after an assistant message when it is special, else eos."""
+        eos = self.tokenizer.eos_token_id
+        if self.template.plain is not None:
+            if eos is None:
+                raise ValueError("the tokenizer has no eos token to end the summary with")
+            return eos
+        full = self._render(with_summary=True)
+        tail = full.split(_SUMMARY, 1)[1] if _SUMMARY in full else ""
+        ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        if ids and ids[0] in self.tokenizer.all_special_ids:
+            return ids[0]
+        if eos is None:
+            raise ValueError("the chat template ends an assistant turn with no special token and there is no eos")
+        return eos
+
+    def prompt_text(self, dialogue: str) -> str:
+        """The full prompt for one dialogue, as text (what :meth:`encode_prompts` tokenizes)."""
+        return self.before + dialogue + self.after
+
+    def fixed_length(self) -> int:
+        """Prompt tokens besides the dialogue (instruction, chat markup, generation prompt)."""
+        return len(self.encode_prompts([""], 10**9)[0][0])
+
+    def encode_prompts(self, dialogues: list[str], max_len: int) -> tuple[list[list[int]], list[bool]]:
+        """Prompt ids per dialogue, at most ``max_len`` long; truncation removes dialogue tokens only.
+
+        Returns:
+            The ids, and per dialogue whether it was truncated.
+
+        Raises:
+            ValueError: The instruction and markup alone do not fit in ``max_len``.
+        """
+        texts = [self.prompt_text(d) for d in dialogues]
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        start = len(self.before)
+        out, cut = [], []
+        for dialogue, ids, offsets in zip(dialogues, encoded["input_ids"], encoded["offset_mapping"]):
+            end = start + len(dialogue)
+            # Leading tokens wholly before the dialogue, trailing ones wholly after it; the rest is dialogue
+            # (a token straddling a boundary counts as dialogue, so markup is never cut).
+            prefix_end = 0
+            while prefix_end < len(ids) and offsets[prefix_end][1] <= start:
+                prefix_end += 1
+            suffix_from = len(ids)
+            while suffix_from > prefix_end and offsets[suffix_from - 1][0] >= end:
+                suffix_from -= 1
+            prefix, body, suffix = ids[:prefix_end], ids[prefix_end:suffix_from], ids[suffix_from:]
+            fixed = len(self.head) + len(prefix) + len(suffix)
+            budget = max_len - fixed
+            if budget <= 0:
+                raise ValueError(
+                    f"data.encoder_max_len={max_len} leaves no room for the dialogue: prompt template "
+                    f"{self.template.name!r} takes {fixed} tokens; raise data.encoder_max_len"
+                )
+            out.append(self.head + prefix + body[:budget] + suffix)
+            cut.append(len(body) > budget)
+        return out, cut
+
+    def encode_targets(self, summaries: list[str], max_len: int) -> tuple[list[list[int]], list[bool]]:
+        """Summary ids followed by the end-of-turn id, at most ``max_len`` long (the end-of-turn is kept)."""
+        if max_len < 2:
+            raise ValueError(f"data.decoder_max_len={max_len} leaves no room for a summary and its end-of-turn")
+        bodies = self.tokenizer(summaries, add_special_tokens=False)["input_ids"]
+        budget = max_len - 1
+        return [b[:budget] + [self.end_of_turn_id] for b in bodies], [len(b) > budget for b in bodies]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the cached features depend on: the template and the rendered markup around the dialogue."""
+        return {**self.template.to_dict(), "before": self.before, "after": self.after,
+                "end_of_turn": self.end_of_turn_id, "head": self.head}
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids generation must stop at: eos, and the chat template's end-of-turn token when there is one."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            ids.append(PromptBuilder(tokenizer, PROMPT_TEMPLATES["chat"]).end_of_turn_id)
+        except (TemplateError, ValueError):  # a template that renders no plain user turn: eos alone then
+            pass
+    return list(dict.fromkeys(ids))
+
+
+def saved_template(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
+    """The prompt template recorded in the tokenizer's config by :func:`record_template`, if any."""
+    value = getattr(tokenizer, "init_kwargs", {}).get(TOKENIZER_KEY)
+    return dict(value) if isinstance(value, dict) else None
+
+
+def record_template(tokenizer: PreTrainedTokenizerBase, template: PromptTemplate) -> None:
+    """Record ``template`` in the tokenizer's config, so ``save_pretrained`` writes it with the model."""
+    tokenizer.init_kwargs[TOKENIZER_KEY] = template.to_dict()

@@ -1,0 +1,116 @@
+"""Known faults as one clear line instead of a traceback: a diverged run, a full or read-only disk, a setting
+out of range (which jsonargparse would bury under a multi-KB dump of the whole config), W&B out of reach.
+
+The entry point wraps the CLI in :func:`report_faults`; ``DSUM_TRACEBACK=1`` shows the full traceback too.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dsum.secrets import redact_text
+
+TRACEBACK_ENV = "DSUM_TRACEBACK"
+# Write failures of the storage itself: a full disk or quota, a read-only or failing filesystem, no permission.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+_DSUM_DIR = str(Path(__file__).resolve().parent)
+MAX_LINE = 600
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception it was raised from or while handling, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _raised_in_dsum(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is dsum's own code (a check dsum makes)."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(_DSUM_DIR)
+
+
+def disk_error(error: BaseException) -> OSError | None:
+    """The storage error (full disk, read-only, no permission, ...) behind ``error``, if any."""
+    return next((e for e in _chain(error) if isinstance(e, OSError) and e.errno in DISK_ERRNOS), None)
+
+
+def fatal_message(error: BaseException) -> str | None:
+    """One line (secrets masked) for a known fault behind ``error``, or None for anything else.
+
+    - a diverged run (:class:`dsum.callbacks.divergence.TrainingDiverged`);
+    - a W&B server out of reach while ``WANDB_MODE=online`` was asked for (:class:`dsum.tracking.WandbUnreachable`);
+    - a write that failed for lack of space, a read-only filesystem or permissions: the path and the errno;
+    - a ``ValueError``/``TypeError``/``FileNotFoundError`` raised by one of dsum's own checks, however deeply
+      jsonargparse wrapped it.
+    """
+    from dsum.callbacks.divergence import TrainingDiverged
+    from dsum.tracking import WandbUnreachable
+
+    chain = list(_chain(error))
+    line = None
+    for found in chain:
+        if isinstance(found, (TrainingDiverged, WandbUnreachable)):
+            line = f"dsum: {found}"
+            break
+    if line is None and (disk := disk_error(error)) is not None:
+        where = disk.filename or "a file"
+        if disk.filename2:
+            where = f"{disk.filename} -> {disk.filename2}"
+        line = f"dsum: cannot write {where}: [Errno {disk.errno}] {os.strerror(disk.errno)}"
+        if disk.errno in (errno.ENOSPC, errno.EDQUOT):
+            line += " (free some space or point trainer.default_root_dir elsewhere)"
+    if line is None:
+        own = [e for e in chain if isinstance(e, (ValueError, TypeError, FileNotFoundError)) and _raised_in_dsum(e)]
+        if own:
+            line = f"dsum: {own[-1]}"
+    if line is None:
+        return None
+    line = redact_text(" ".join(line.split()))
+    return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
+
+
+@contextmanager
+def report_faults(exit_code: int = 1) -> Iterator[None]:
+    """Run the body; a known fault (:func:`fatal_message`) ends the process with one line on stderr and
+    ``exit_code`` (the full traceback too when ``DSUM_TRACEBACK=1``). Anything else propagates unchanged."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 (filtered by fatal_message; everything else re-raised)
+        line = fatal_message(error)
+        if line is None:
+            raise
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            import traceback
+
+            traceback.print_exc()
+        _quiet_wandb(exit_code)
+        print(line, file=sys.stderr, flush=True)
+        raise SystemExit(exit_code) from None
+
+
+def _quiet_wandb(exit_code: int) -> None:
+    """Finish a W&B run still open (marked failed) without its own console output after our line."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            wandb.finish(exit_code=exit_code)
+    except Exception:  # noqa: BLE001 (the disk may be full: nothing more to save)
+        pass

@@ -1,0 +1,159 @@
+"""`python -m dsum.ensemble`: MBR choice, submission layout, win report, scores with gold, errors, and (slow) an
+ensemble of three differently seeded tiny models."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dsum.ensemble import main, mbr_choose
+from dsum.metrics import RougeCalculator, rouge_scores
+from tests.conftest import REPO, SAMPLE
+
+
+def write_source(path: Path, fnames: list[str], summaries: list[str], layout: str = "plain") -> Path:
+    frame = pd.DataFrame({"fname": fnames, "summary": summaries})
+    frame.to_csv(path, index=layout == "sample")
+    return path
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    capsys.readouterr()  # drop what came before (training logs)
+    main(list(args))
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1, out  # one JSON report
+    return json.loads(out[0])
+
+
+def test_mbr_picks_the_candidate_the_others_agree_with() -> None:
+    candidates = [
+        "#Person1#은 공항에 갑니다.",                      # close to the majority
+        "#Person1#은 내일 공항에 갑니다.",                  # the medoid: shares most with every other
+        "#Person1#은 내일 아침 공항에 갑니다.",
+        "두 사람은 저녁 메뉴를 고릅니다.",                   # an outlier
+    ]
+    best, support = mbr_choose(candidates, RougeCalculator("whitespace"))
+    assert best == 1
+    assert support.argmin() == 3 and support[3] == 0.0
+    # Identical candidates tie; the first listed wins.
+    assert mbr_choose(["가 나", "가 나", "다 라"], RougeCalculator("whitespace"))[0] == 0
+
+
+@pytest.fixture()
+def dev() -> pd.DataFrame:
+    return pd.read_csv(SAMPLE / "dev.csv", dtype=str, keep_default_na=False)
+
+
+def noisy_sources(dev: pd.DataFrame, tmp_path: Path, count: int = 3) -> list[Path]:
+    """Sources that each replace a different third of the summaries with another dialogue's summary."""
+    fnames, gold = dev["fname"].tolist(), dev["summary"].tolist()
+    paths = []
+    for k in range(count):
+        rng = random.Random(k)
+        summaries = [gold[(i + 1 + rng.randrange(len(gold) - 1)) % len(gold)] if i % count == k else s
+                     for i, s in enumerate(gold)]
+        paths.append(write_source(tmp_path / f"member{k}.csv", fnames, summaries, "sample" if k == 0 else "plain"))
+    return paths
+
+
+def test_ensemble_of_disagreeing_members_beats_each_of_them(dev: pd.DataFrame, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    sources = noisy_sources(dev, tmp_path)
+    gold = SAMPLE / "dev.csv"
+    out = tmp_path / "ensemble.csv"
+    report_path = tmp_path / "report.json"
+    report = run_main(capsys, *map(str, sources), "--out", str(out), "--gold", str(gold),
+                      "--report", str(report_path))
+
+    # The sample layout, every fname once, in the first source's order.
+    assert out.read_text(encoding="utf-8").startswith(",fname,summary\n0,")
+    written = pd.read_csv(out, index_col=0, dtype=str, keep_default_na=False)
+    assert written.index.tolist() == [str(i) for i in range(len(dev))]
+    assert written["fname"].tolist() == dev["fname"].tolist()
+    # Each member is wrong on its own third; the two others agree on the gold summary there.
+    assert written["summary"].tolist() == dev["summary"].tolist()
+
+    assert json.loads(report_path.read_text()) == report
+    assert report["count"] == len(dev)
+    assert report["metric"] == {"name": "rouge", "tokenizer": "mecab", "references": "mean", "scale": 100}
+    assert [s["name"] for s in report["sources"]] == [str(p) for p in sources]
+    assert sum(s["wins"] for s in report["sources"]) == len(dev)
+    # Agreeing candidates tie and the first listed wins: member 0 except on its own wrong third.
+    wrong0 = len(range(0, len(dev), 3))
+    assert [s["wins"] for s in report["sources"]] == [len(dev) - wrong0, wrong0, 0]
+    members = [s["score"]["rouge_mean"] for s in report["sources"]]
+    expected = rouge_scores(pd.read_csv(sources[1])["summary"].tolist(), dev["summary"].tolist())["rouge_mean"]
+    assert members[1] == pytest.approx(expected)
+    assert report["ensemble"]["score"]["rouge_mean"] == pytest.approx(100.0)
+    assert report["ensemble"]["score"]["rouge_mean"] > max(members)
+    assert report["ensemble"]["members_mean_rouge_mean"] == pytest.approx(sum(members) / len(members))
+
+
+def test_data_sets_the_row_order(dev: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sources = noisy_sources(dev, tmp_path)
+    data = tmp_path / "dialogues.csv"
+    dev.iloc[::-1][["fname", "dialogue"]].to_csv(data, index=False)
+    out = tmp_path / "ensemble.csv"
+    run_main(capsys, *map(str, sources), "--out", str(out), "--data", str(data), "--tokenizer", "whitespace")
+    assert pd.read_csv(out)["fname"].tolist() == dev["fname"].tolist()[::-1]
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code not in (0, None)
+    assert capsys.readouterr().out == ""
+    return str(exit_info.value.code)
+
+
+def test_bad_sources_are_named(dev: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sources = noisy_sources(dev, tmp_path)
+    out = str(tmp_path / "out.csv")
+    assert "at least 3 sources (got 2)" in _fails(capsys, *map(str, sources[:2]), "--out", out)
+
+    short = write_source(tmp_path / "short.csv", dev["fname"].tolist()[:-1], dev["summary"].tolist()[:-1])
+    message = _fails(capsys, *map(str, sources[:2]), str(short), "--out", out)
+    assert f"{short}: fnames differ from {sources[0]}" in message and dev["fname"].iloc[-1] in message
+
+    absent = tmp_path / "absent"
+    assert f"{absent}: neither a submission CSV nor an exported model directory" in _fails(
+        capsys, *map(str, sources[:2]), str(absent), "--out", out)
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    assert f"{model_dir}: a model directory needs --data" in _fails(
+        capsys, *map(str, sources[:2]), str(model_dir), "--out", out)
+    assert not Path(out).exists()
+
+
+@pytest.mark.slow
+def test_ensemble_of_three_seeded_tiny_models_scores_at_least_their_mean(
+    tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dsum.cli import DsumCLI
+
+    exports = []
+    for seed in (1, 2, 3):
+        run_dir = tmp_path / f"seed{seed}"
+        DsumCLI(args=[
+            "fit", "--config", str(REPO / "configs" / "quickstart.yaml"), f"--seed_everything={seed}",
+            f"--model.pretrained={tiny_models['bart']}", f"--trainer.default_root_dir={run_dir}",
+            f"--data.train_file={SAMPLE / 'train.csv'}", f"--data.val_file={SAMPLE / 'dev.csv'}",
+            f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.logger=false",
+            "--model.generation.max_new_tokens=32",  # the quickstart's 8 epochs: 3 leave a constant summary
+        ])
+        exports.append(run_dir / "best_model")
+    out = tmp_path / "ensemble.csv"
+    dev = SAMPLE / "dev.csv"
+    report = run_main(capsys, *map(str, exports), "--out", str(out), "--data", str(dev), "--gold", str(dev))
+    members = [s["score"]["rouge_mean"] for s in report["sources"]]
+    assert len(set(members)) >= 2  # the seeds gave different models (barely trained ones may coincide)
+    assert report["ensemble"]["score"]["rouge_mean"] >= sum(members) / 3
+    assert pd.read_csv(out)["fname"].tolist() == pd.read_csv(dev)["fname"].tolist()
+    # Predictions depend on the dialogue: not one summary for every row.
+    assert pd.read_csv(out)["summary"].nunique() > 1
