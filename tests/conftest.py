@@ -52,3 +52,18 @@ def tiny_llm_random(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm_random") / "llm", [SAMPLE / "train.csv"], d_model=32,
                           layers=1, vocab_size=1000, pretrain_steps=0)
+
+
+def sample_run_args(config: str, model: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A shipped config (``configs/<config>``) on the bundled sample with ``model``, writing under ``run_dir``."""
+    return [
+        "--config", str(REPO / "configs" / config),
+        f"--model.pretrained={model}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--data.train_file={SAMPLE / 'train.csv'}",
+        f"--data.val_file={SAMPLE / 'dev.csv'}",
+        f"--data.predict_file={SAMPLE / 'test.csv'}",
+        f"--data.cache_dir={run_dir.parent / 'cache'}",
+        "--trainer.logger=false",
+        *extra,
+    ]

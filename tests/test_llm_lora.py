@@ -13,23 +13,11 @@ from safetensors.torch import load_file
 
 from dsum.cli import DsumCLI
 from dsum.data import DialogueDataModule
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import SAMPLE, sample_run_args
 
 
 def llm_args(tiny: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--config", str(REPO / "configs" / "quickstart-llm.yaml"),
-        f"--model.pretrained={tiny}",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--data.train_file={SAMPLE / 'train.csv'}",
-        f"--data.val_file={SAMPLE / 'dev.csv'}",
-        f"--data.predict_file={SAMPLE / 'test.csv'}",
-        f"--data.cache_dir={run_dir.parent / 'cache'}",
-        "--trainer.logger=false",
-        "--data.batch_size=8",
-        "--data.eval_batch_size=8",
-        *extra,
-    ]
+    return sample_run_args("quickstart-llm.yaml", tiny, run_dir, "--data.batch_size=8", "--data.eval_batch_size=8", *extra)
 
 
 def short_fit(tiny: Path, run_dir: Path, *extra: str) -> DsumCLI:

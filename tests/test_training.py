@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from dsum.cli import DsumCLI
 from dsum.data.io import read_dialogue_csv
 from dsum.metrics import rouge_scores
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import SAMPLE, sample_run_args
 
 CONFIGS = {"bart": "quickstart.yaml", "t5": "quickstart-t5.yaml", "gpt2": "quickstart-gpt2.yaml"}
 
@@ -23,17 +23,7 @@ def run_cli(*args: str) -> DsumCLI:
 
 
 def small_run(family: str, tiny: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--config", str(REPO / "configs" / CONFIGS[family]),
-        f"--model.pretrained={tiny}",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--data.train_file={SAMPLE / 'train.csv'}",
-        f"--data.val_file={SAMPLE / 'dev.csv'}",
-        f"--data.predict_file={SAMPLE / 'test.csv'}",
-        f"--data.cache_dir={run_dir.parent / 'cache'}",
-        "--trainer.logger=false",
-        *extra,
-    ]
+    return sample_run_args(CONFIGS[family], tiny, run_dir, *extra)
 
 
 @pytest.mark.parametrize("family", ["bart", "t5", "gpt2"])
