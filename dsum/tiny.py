@@ -38,6 +38,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 
 from dsum.data.text import DEFAULT_MASKS, MASK_PATTERN
+from dsum.tiny_llm import PRETRAIN_STEPS
 
 FAMILIES: tuple[str, ...] = ("bart", "t5", "gpt2")
 """Model families :func:`build_tiny_model` can build."""
@@ -382,7 +383,7 @@ def main(
     max_positions: int = 1024,
     seed: int = 0,
     max_new_tokens: int = 64,
-    pretrain_steps: int = 150,
+    pretrain_steps: int = PRETRAIN_STEPS,
 ) -> None:
     """Build tiny random BART / T5 / GPT-2 models, and a tiny Llama-style chat LLM (``llm``, briefly pre-trained:
     see :mod:`dsum.tiny_llm`), with tokenizers trained on a dialogue CSV.

@@ -13,7 +13,7 @@ lone user turn and every summary a lone assistant turn (``<|im_start|>user\n{dia
 ``<|im_start|>assistant\n{summary}<|im_end|>\n``), each a document ending in ``<|endoftext|>``, shuffled, packed
 into blocks of ``block_size`` tokens, ``pretrain_steps`` AdamW steps. So, like a real instruction model, it knows
 the language, the chat markup and when a turn ends; it does not know the task. With the defaults this takes about
-30 s on 2 idle CPU cores.
+25 s on 2 idle CPU cores.
 
 Example:
     python -m dsum.tiny --csv data/sample/train.csv --out tiny_models --families llm
@@ -38,6 +38,10 @@ CHATML_TEMPLATE = (
 """ChatML, as Qwen2-Instruct uses it (without Qwen's default system message)."""
 
 IM_START = "<|im_start|>"
+
+PRETRAIN_STEPS = 400
+"""Default pre-training steps. LoRA on the sample (configs/quickstart-llm.yaml) scored, in whitespace ROUGE on dev
+against 22.9 for the best constant summary: 24.0 after 150 steps, 49.8 after 300, 55.1 after 400."""
 
 
 def build_llm_tokenizer(
@@ -126,7 +130,7 @@ def build_tiny_llm(
     max_positions: int = 1024,
     seed: int = 0,
     max_new_tokens: int = 64,
-    pretrain_steps: int = 150,
+    pretrain_steps: int = PRETRAIN_STEPS,
     block_size: int = 128,
     batch_size: int = 8,
     learning_rate: float = 3e-3,

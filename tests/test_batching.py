@@ -73,12 +73,33 @@ def test_token_budget_batches_grow_for_short_examples() -> None:
 
 
 def test_length_grouped_pads_less_than_random() -> None:
-    def padding(mode: str) -> float:
-        batches = epoch_batches(DialogueBatchSampler(SRC, None, mode=mode, batch_size=16), 0)
+    def padding(mode: str, length_noise: float) -> float:
+        batches = epoch_batches(DialogueBatchSampler(SRC, None, mode=mode, batch_size=16, length_noise=length_noise), 0)
         padded = sum(len(b) * max(SRC[i] for i in b) for b in batches)
         return 1 - sum(SRC) / padded
 
-    assert padding("length_grouped") < 0.1 < 0.3 < padding("random")
+    assert padding("length_grouped", 0.0) < 0.1 < padding("length_grouped", 0.1) < 0.15 < 0.3 < padding("random", 0.1)
+
+
+@pytest.mark.parametrize("mode", ["length_grouped", "token_budget"])
+def test_length_noise_mixes_batches_differently_every_epoch(mode: str) -> None:
+    """Sorting the whole set by exact lengths gives the same batches every epoch, only reordered; the epoch's
+    length noise changes which examples share a batch."""
+    def compositions(length_noise: float, epoch: int) -> set[frozenset[int]]:
+        sampler = DialogueBatchSampler(SRC, TGT, mode=mode, batch_size=16, max_tokens=4000, seed=1,
+                                       length_noise=length_noise)
+        return {frozenset(b) for b in epoch_batches(sampler, epoch)}
+
+    assert compositions(0.0, 0) == compositions(0.0, 1)  # same batches, shuffled order
+    shared = compositions(0.1, 0) & compositions(0.1, 1)
+    assert len(shared) < len(compositions(0.1, 0)) / 2, f"{len(shared)} batches repeat between epochs"
+    assert compositions(0.1, 2) == compositions(0.1, 2)  # still reproducible from seed and epoch
+
+
+def test_evaluation_order_ignores_length_noise() -> None:
+    exact = epoch_batches(DialogueBatchSampler(SRC, TGT, mode="sorted", batch_size=8, shuffle=False, length_noise=0.0), 0)
+    noisy = DialogueBatchSampler(SRC, TGT, mode="sorted", batch_size=8, shuffle=False, length_noise=0.5)
+    assert epoch_batches(noisy, 0) == exact
 
 
 def test_invalid_settings() -> None:
@@ -88,6 +109,8 @@ def test_invalid_settings() -> None:
         DialogueBatchSampler(SRC, batch_size=0)
     with pytest.raises(ValueError, match="rank 2"):
         DialogueBatchSampler(SRC, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match=r"length_noise must be in \[0, 1\), got 1.5"):
+        DialogueBatchSampler(SRC, length_noise=1.5)
 
 
 # Dialogue-like lengths: the summary grows with the dialogue, loosely (correlation about 0.7).
@@ -108,7 +131,7 @@ def paddings(batches: list[list[int]]) -> tuple[float, float, float]:
 def test_encoder_decoder_batches_keep_both_paddings_low(mode: str) -> None:
     def make(concatenated: bool) -> list[list[int]]:
         sampler = DialogueBatchSampler(DIALOGUE, SUMMARY, mode=mode, batch_size=16, max_tokens=5000, seed=3,
-                                       concatenated=concatenated)
+                                       concatenated=concatenated, length_noise=0.0)
         return sampler.global_batches()
 
     two_level, by_sum = make(False), make(True)
@@ -125,7 +148,7 @@ def test_encoder_decoder_batches_keep_both_paddings_low(mode: str) -> None:
 def test_decoder_only_batches_are_grouped_by_total_length(mode: str) -> None:
     def total_padding(concatenated: bool) -> float:
         sampler = DialogueBatchSampler(DIALOGUE, SUMMARY, mode=mode, batch_size=16, max_tokens=5000, seed=3,
-                                       concatenated=concatenated)
+                                       concatenated=concatenated, length_noise=0.0)
         return paddings(sampler.global_batches())[2]
 
     assert total_padding(True) < 0.05 < total_padding(False)

@@ -165,3 +165,15 @@ def test_stage_without_its_file_is_a_clear_error(tiny_models, tmp_path) -> None:
     dm = make(tiny_models, tmp_path, predict_file=None)
     with pytest.raises(ValueError, match="`predict` needs data.predict_file"):
         dm.setup("predict")
+
+
+def test_a_column_is_read_in_one_piece_in_the_selected_order() -> None:
+    from datasets import Dataset
+
+    from dsum.data.datamodule import column
+
+    features = Dataset.from_dict({"source_length": [7, 3, 9, 4], "source_truncated": [True, False, True, False],
+                                  "input_ids": [[1], [2], [3], [4]]}).select([2, 0, 3])
+    lengths = column(features, "source_length")
+    assert lengths.tolist() == [9, 7, 4] and lengths.dtype.kind == "i"
+    assert int(column(features, "source_truncated").sum()) == 2

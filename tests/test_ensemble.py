@@ -12,7 +12,7 @@ import pytest
 
 from dsum.ensemble import main, mbr_choose
 from dsum.metrics import RougeCalculator, rouge_scores
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import SAMPLE
 
 
 def write_source(path: Path, fnames: list[str], summaries: list[str], layout: str = "plain") -> Path:
@@ -132,28 +132,28 @@ def test_bad_sources_are_named(dev: pd.DataFrame, tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_ensemble_of_three_seeded_tiny_models_scores_at_least_their_mean(
-    tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_llm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The pre-trained tiny chat LLM with LoRA (configs/quickstart-llm.yaml, 5 of its 8 epochs): its summaries follow
+    # the dialogue. The quickstart's tiny BART gives one summary for every dialogue, which says nothing about MBR.
     from dsum.cli import DsumCLI
+    from tests.test_llm_lora import llm_args
 
     exports = []
     for seed in (1, 2, 3):
         run_dir = tmp_path / f"seed{seed}"
-        DsumCLI(args=[
-            "fit", "--config", str(REPO / "configs" / "quickstart.yaml"), f"--seed_everything={seed}",
-            f"--model.pretrained={tiny_models['bart']}", f"--trainer.default_root_dir={run_dir}",
-            f"--data.train_file={SAMPLE / 'train.csv'}", f"--data.val_file={SAMPLE / 'dev.csv'}",
-            f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.logger=false",
-            "--model.generation.max_new_tokens=32",  # the quickstart's 8 epochs: 3 leave a constant summary
-        ])
+        DsumCLI(args=["fit", *llm_args(tiny_llm, run_dir, f"--seed_everything={seed}", "--trainer.max_epochs=5",
+                                       "--trainer.logger=false", "--data.eval_batch_size=32")])
         exports.append(run_dir / "best_model")
     out = tmp_path / "ensemble.csv"
     dev = SAMPLE / "dev.csv"
     report = run_main(capsys, *map(str, exports), "--out", str(out), "--data", str(dev), "--gold", str(dev))
     members = [s["score"]["rouge_mean"] for s in report["sources"]]
-    assert len(set(members)) >= 2  # the seeds gave different models (barely trained ones may coincide)
-    assert report["ensemble"]["score"]["rouge_mean"] >= sum(members) / 3
-    assert pd.read_csv(out)["fname"].tolist() == pd.read_csv(dev)["fname"].tolist()
-    # Predictions depend on the dialogue: not one summary for every row.
-    assert pd.read_csv(out)["summary"].nunique() > 1
+    assert len(set(members)) == 3, members  # the seeds gave different models
+    assert report["ensemble"]["score"]["rouge_mean"] >= sum(members) / 3, (report["ensemble"], members)
+    submission = pd.read_csv(out)
+    assert submission["fname"].tolist() == pd.read_csv(dev)["fname"].tolist()
+    # Summaries follow the dialogue (at least a third distinct), so MBR chose between real candidates.
+    assert submission["summary"].nunique() >= len(submission) / 3, submission["summary"].head().tolist()

@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import REPO, SAMPLE
 
-pytestmark = [pytest.mark.ddp, pytest.mark.slow]
+pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.ci]
 
 
 def main_py(*args: str) -> subprocess.CompletedProcess:

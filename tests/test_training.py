@@ -91,11 +91,12 @@ def best_constant_score(references: list[list[str]], candidates: list[str], toke
 
 
 def check_depends_on_input(predictions: list[str], references: list[list[str]], candidates: list[str],
-                           tokenizer: str, margin: float) -> tuple[float, float]:
-    """Learning means input-dependent output: at least half of the summaries differ, and together they beat the
-    best constant summary (any train or dev summary given for every dialogue) by ``margin`` ROUGE points."""
+                           tokenizer: str, margin: float, min_distinct: float = 0.5) -> tuple[float, float]:
+    """Learning means input-dependent output: at least ``min_distinct`` of the summaries differ (half by default),
+    and together they beat the best constant summary (any train or dev summary given for every dialogue) by
+    ``margin`` ROUGE points."""
     distinct = len(set(predictions))
-    assert distinct >= len(predictions) / 2, f"{distinct} distinct summaries for {len(predictions)} dialogues"
+    assert distinct >= len(predictions) * min_distinct, f"{distinct} distinct summaries for {len(predictions)} dialogues"
     score = rouge_scores(predictions, references, tokenizer)["rouge_mean"]
     constant, summary = best_constant_score(references, candidates, tokenizer)
     assert score > constant + margin, f"ROUGE {score:.2f} vs {constant:.2f} for the constant {summary!r}"
@@ -134,6 +135,7 @@ LEARN_SETTINGS = ("--model.learning_rate=1e-3", f"--trainer.max_steps={LEARN_STE
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_tiny_bart_learns_input_dependent_summaries(tiny_models, tmp_path) -> None:
     """Label shifting, masking and decoding are right only if the summaries follow the dialogues: they differ,
     and beat every summary that could be given to all dialogues alike."""

@@ -28,6 +28,12 @@ GROUP_WINDOW_BATCHES = 50
 # real dev set), so one order by their sum leaves about 31% of decoder positions as padding; two runs keep
 # encoder padding under 10% and bring decoder padding to about 24%.
 DECODER_SORT_RUN_BATCHES = 2
+# Default of ``length_noise``: training may sort by lengths scaled by a random factor in [1 - noise, 1 + noise],
+# drawn afresh every epoch (AllenNLP's ``padding_noise``), so that sorting the whole set (token_budget, or
+# length_grouped on a set that fits one window) does not give the same batches every epoch. Measured on the sample
+# (tests/benchmarks/README.md, "Does batching cost quality?"), 0.1 did not lower the dev loss of length_grouped,
+# raised token_budget's, and cost 8% of training speed (encoder padding 6-9% -> 12-13%), so it is off by default.
+LENGTH_NOISE = 0.0
 
 
 class DialogueBatchSampler(Sampler[list[int]]):
@@ -46,6 +52,9 @@ class DialogueBatchSampler(Sampler[list[int]]):
         seed: Base seed; the epoch is added so every epoch differs but is reproducible.
         num_replicas: World size.
         rank: This process's rank.
+        length_noise: When shuffling, sort by lengths scaled by a random factor in ``[1 - length_noise,
+            1 + length_noise]`` drawn every epoch, so batches mix differently each epoch; 0 sorts by exact
+            lengths. ``sorted`` (evaluation) always uses exact lengths.
         concatenated: Source and target form one sequence (decoder-only models), so batches are grouped
             by their sum. Otherwise (encoder-decoder) the two paddings are separate: ``length_grouped``
             and ``token_budget`` sort by source length, then by target length within runs of
@@ -64,7 +73,10 @@ class DialogueBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         concatenated: bool = False,
+        length_noise: float = LENGTH_NOISE,
     ) -> None:
+        if not 0 <= length_noise < 1:
+            raise ValueError(f"length_noise must be in [0, 1), got {length_noise}")
         if mode == "token_budget":
             if max_tokens is None or max_tokens <= 0:
                 raise ValueError(f"token_budget batching needs a positive max_tokens, got {max_tokens}")
@@ -86,6 +98,9 @@ class DialogueBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.concatenated = concatenated
+        self.length_noise = length_noise
+        # The lengths that order examples this epoch: exact, or scaled by the epoch's noise (see global_batches).
+        self._source_keys, self._target_keys = self.source_lengths, self.target_lengths
         self.epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
         self._resume: tuple[int, int] | None = None
@@ -120,17 +135,17 @@ class DialogueBatchSampler(Sampler[list[int]]):
 
     def _length_order(self, indices: np.ndarray) -> np.ndarray:
         """`indices` sorted longest first by total length; ties keep the incoming (shuffled) order."""
-        keys = self.source_lengths[indices] + self.target_lengths[indices]
+        keys = self._source_keys[indices] + self._target_keys[indices]
         return indices[np.argsort(-keys, kind="stable")]
 
     def _source_order(self, indices: np.ndarray) -> np.ndarray:
         """`indices` sorted longest source first, then longest target; other ties keep the incoming order."""
-        order = indices[np.argsort(-self.target_lengths[indices], kind="stable")]
-        return order[np.argsort(-self.source_lengths[order], kind="stable")]
+        order = indices[np.argsort(-self._target_keys[indices], kind="stable")]
+        return order[np.argsort(-self._source_keys[order], kind="stable")]
 
     def _by_target(self, run: np.ndarray | list[int]) -> np.ndarray:
         run = np.asarray(run, dtype=np.int64)
-        return run[np.argsort(-self.target_lengths[run], kind="stable")]
+        return run[np.argsort(-self._target_keys[run], kind="stable")]
 
     def _chunks(self, order: np.ndarray) -> list[list[int]]:
         return [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
@@ -169,6 +184,14 @@ class DialogueBatchSampler(Sampler[list[int]]):
             batches.append(current)
         return batches
 
+    def _sort_keys(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target lengths to sort by this epoch: exact, or scaled by the epoch's random factors."""
+        if not self.shuffle or self.length_noise == 0 or self.mode in ("random", "sorted"):
+            return self.source_lengths, self.target_lengths
+        low, high = 1 - self.length_noise, 1 + self.length_noise
+        count = len(self.source_lengths)
+        return self.source_lengths * rng.uniform(low, high, count), self.target_lengths * rng.uniform(low, high, count)
+
     def global_batches(self) -> list[list[int]]:
         """All batches of this epoch, for every rank, before sharding and padding."""
         if self._cache is not None and self._cache[0] == self.epoch:
@@ -177,6 +200,7 @@ class DialogueBatchSampler(Sampler[list[int]]):
         indices = np.arange(len(self.source_lengths))
         if self.shuffle:
             indices = rng.permutation(indices)
+        self._source_keys, self._target_keys = self._sort_keys(rng)
         if self.mode == "random":
             batches = self._chunks(indices)
         elif self.mode == "sorted":

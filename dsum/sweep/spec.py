@@ -32,7 +32,7 @@ INT_KEYS = frozenset({
 FLOAT_KEYS = frozenset({
     "model.learning_rate", "model.weight_decay", "model.warmup_ratio", "model.label_smoothing",
     "model.generation.length_penalty", "model.generation.top_p", "model.generation.temperature",
-    "early_stopping.min_delta", "trainer.gradient_clip_val", "model.lora.dropout", P.LR_SCALE,
+    "early_stopping.min_delta", "trainer.gradient_clip_val", "model.lora.dropout", "data.length_noise", P.LR_SCALE,
 })
 BOOL_KEYS = frozenset({"model.generation.do_sample", "model.generation.early_stopping", "fp16", "bf16"})
 

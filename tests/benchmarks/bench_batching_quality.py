@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO))
 SAMPLE = REPO / "data" / "sample"
 MODES = ("random", "length_grouped", "token_budget")
 ENCODER_MAX_LEN, DECODER_MAX_LEN = 384, 64
-ROUGE_TOKENIZER = "whitespace"  # dsum's default validation metric
 
 
 def build_model(train_csv: Path, out: Path, d_model: int, layers: int) -> str:
@@ -57,6 +56,7 @@ def datamodule(opts: argparse.Namespace, model: str, mode: str, seed: int, max_t
     return DialogueDataModule(
         tokenizer_name=model, train_file=str(opts.train), val_file=str(opts.dev), predict_file=str(opts.dev),
         batch_size=opts.batch_size, eval_batch_size=64, batching=mode, max_tokens=max_tokens,
+        length_noise=opts.length_noise,
         encoder_max_len=ENCODER_MAX_LEN, decoder_max_len=DECODER_MAX_LEN, cache_dir=str(opts.cache_dir), seed=seed,
     )
 
@@ -72,7 +72,7 @@ def token_budget(opts: argparse.Namespace, model: str) -> int:
     target = math.ceil(len(src) / opts.batch_size)
 
     def batches(max_tokens: int) -> int:
-        return len(DialogueBatchSampler(src, tgt, mode="token_budget", max_tokens=max_tokens))
+        return len(DialogueBatchSampler(src, tgt, mode="token_budget", max_tokens=max_tokens, length_noise=opts.length_noise))
 
     low = high = ENCODER_MAX_LEN + DECODER_MAX_LEN
     while batches(high) > target:
@@ -83,13 +83,28 @@ def token_budget(opts: argparse.Namespace, model: str) -> int:
     return high
 
 
-def best_constant(references: list[list[str]], candidates: list[str]) -> tuple[float, str]:
+def best_constant(references: list[list[str]], candidates: list[str], tokenizer: str) -> tuple[float, str]:
     """The highest dev ROUGE mean any single candidate summary gets when given for every example."""
     from dsum.metrics import rouge_scores
 
-    best = max(((rouge_scores([c] * len(references), references, ROUGE_TOKENIZER)["rouge_mean"], c)
+    best = max(((rouge_scores([c] * len(references), references, tokenizer)["rouge_mean"], c)
                 for c in dict.fromkeys(candidates)), key=lambda pair: pair[0])
     return float(best[0]), best[1]
+
+
+def dev_loss(summarizer, dm) -> float:
+    """Teacher-forced cross-entropy per summary token on the whole dev set: a far less noisy signal than ROUGE on
+    60 dialogues."""
+    import torch
+
+    summarizer.eval()
+    total = tokens = 0.0
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            totals, counts = summarizer.example_losses(batch)
+            total += float(totals.sum())
+            tokens += float(counts.sum())
+    return total / tokens
 
 
 def train_and_score(opts: argparse.Namespace, model: str, mode: str, seed: int, max_tokens: int | None) -> dict[str, Any]:
@@ -104,7 +119,7 @@ def train_and_score(opts: argparse.Namespace, model: str, mode: str, seed: int, 
     summarizer = Seq2SeqSummarizer(
         pretrained=model, tokenizer=dm.tokenizer, learning_rate=opts.lr, weight_decay=0.0, warmup_ratio=0.05,
         lr_scheduler="cosine", generation=GenerationSettings(num_beams=1, no_repeat_ngram_size=0, max_new_tokens=DECODER_MAX_LEN),
-        rouge_tokenizer=ROUGE_TOKENIZER,
+        rouge_tokenizer=opts.rouge_tokenizer,
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=opts.steps, max_epochs=-1, limit_val_batches=0, logger=False,
@@ -124,13 +139,15 @@ def train_and_score(opts: argparse.Namespace, model: str, mode: str, seed: int, 
     start = time.perf_counter()
     trainer.fit(summarizer, datamodule=dm)
     fit_seconds = time.perf_counter() - start
+    loss_on_dev = dev_loss(summarizer, dm)
     rows = sorted(row for batch in trainer.predict(summarizer, datamodule=dm) for row in batch)
     predictions = [summary for _, _, summary in rows]
     references = dm.splits["val"].references
-    scores = rouge_scores(predictions, references, ROUGE_TOKENIZER)
+    scores = rouge_scores(predictions, references, opts.rouge_tokenizer)
     return {
         "mode": mode, "seed": seed, "steps": trainer.global_step, "max_tokens": max_tokens,
         "rouge_mean": scores["rouge_mean"], **{k: scores[k] for k in ("rouge1", "rouge2", "rougeL")},
+        "dev_loss": loss_on_dev,
         "distinct": len(set(predictions)), "examples": len(predictions),
         "train_loss": statistics.fmean(losses[-20:]),  # mean of the last 20 steps
         "fit_seconds": round(fit_seconds, 1), "example_predictions": predictions[:3],
@@ -143,7 +160,9 @@ def summarize(runs: list[dict[str, Any]], constant: float) -> dict[str, dict[str
         scores = [r["rouge_mean"] for r in runs if r["mode"] == mode]
         if not scores:
             continue
+        losses = [r["dev_loss"] for r in runs if r["mode"] == mode]
         table[mode] = {
+            "dev_loss_mean": statistics.fmean(losses), "dev_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
             "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "min": min(scores), "max": max(scores), "seeds": len(scores),
             "min_distinct": min(r["distinct"] for r in runs if r["mode"] == mode),
@@ -156,27 +175,33 @@ def print_report(opts: argparse.Namespace, runs: list[dict[str, Any]], table: di
                  constant: float, constant_text: str, max_tokens: int) -> None:
     examples = runs[0]["examples"]
     print(f"\ntiny BART d_model={opts.d_model} layers={opts.layers}, {opts.steps} steps, batch_size={opts.batch_size} "
-          f"(token_budget max_tokens={max_tokens}), lr={opts.lr}, dev={opts.dev.name} ({examples} examples), "
-          f"ROUGE={ROUGE_TOKENIZER}")
+          f"(token_budget max_tokens={max_tokens}, length_noise={opts.length_noise}, "
+          f"group window {opts.group_window_batches or 50} batches), lr={opts.lr}, dev={opts.dev.name} ({examples} examples), "
+          f"ROUGE={opts.rouge_tokenizer}")
     print(f"best constant summary: rouge_mean {constant:.2f} ({constant_text[:60]!r})\n")
-    print("| mode | seeds | dev rouge_mean, mean ± std | min – max | over best constant | distinct summaries (min) |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | seeds | dev rouge_mean, mean ± std | min – max | over best constant | distinct summaries (min) "
+          "| dev loss, mean ± std |")
+    print("|---|---|---|---|---|---|---|")
     for mode, row in table.items():
         print(f"| `{mode}` | {row['seeds']} | {row['mean']:.2f} ± {row['std']:.2f} | {row['min']:.2f} – {row['max']:.2f} "
-              f"| {row['margin_over_constant']:+.2f} | {row['min_distinct']}/{examples} |")
+              f"| {row['margin_over_constant']:+.2f} | {row['min_distinct']}/{examples} "
+              f"| {row['dev_loss_mean']:.4f} ± {row['dev_loss_std']:.4f} |")
     print("\nper run:")
     for run in runs:
         print(f"  {run['mode']:<15} seed {run['seed']}: rouge_mean {run['rouge_mean']:.2f}, distinct "
-              f"{run['distinct']}/{run['examples']}, train/loss {run['train_loss']:.3f}, fit {run['fit_seconds']}s")
+              f"{run['distinct']}/{run['examples']}, dev loss {run['dev_loss']:.4f}, train/loss {run['train_loss']:.3f}, "
+              f"fit {run['fit_seconds']}s")
     if "random" in table:
         base = table["random"]
         for mode in ("length_grouped", "token_budget"):
             if mode in table:
                 row = table[mode]
-                noise = math.sqrt(base["std"] ** 2 / base["seeds"] + row["std"] ** 2 / row["seeds"])
-                diff = row["mean"] - base["mean"]
-                verdict = "within noise" if abs(diff) <= 2 * noise else ("better" if diff > 0 else "WORSE")
-                print(f"{mode} - random: {diff:+.2f} (2 x standard error {2 * noise:.2f}): {verdict}")
+                for name, key, higher_is_better, digits in (("rouge_mean", "", True, 2), ("dev loss", "dev_loss_", False, 4)):
+                    noise = math.sqrt(base[key + "std"] ** 2 / base["seeds"] + row[key + "std"] ** 2 / row["seeds"])
+                    diff = row[key + "mean"] - base[key + "mean"]
+                    better = diff > 0 if higher_is_better else diff < 0
+                    verdict = "within noise" if abs(diff) <= 2 * noise else ("better" if better else "WORSE")
+                    print(f"{mode} - random, {name}: {diff:+.{digits}f} (2 x standard error {2 * noise:.{digits}f}): {verdict}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -191,6 +216,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=2, help="tiny BART encoder and decoder layers (default 2)")
     parser.add_argument("--train", type=Path, default=SAMPLE / "train.csv")
     parser.add_argument("--dev", type=Path, default=SAMPLE / "dev.csv")
+    parser.add_argument("--length-noise", type=float, default=None,
+                        help="data.length_noise for length_grouped and token_budget (default: dsum's default)")
+    parser.add_argument("--group-window-batches", type=int, default=None,
+                        help="experiment: length_grouped sorts within windows of this many batches "
+                             "(dsum.data.batching.GROUP_WINDOW_BATCHES, default 50)")
+    parser.add_argument("--rouge-tokenizer", choices=("mecab", "kiwi", "whitespace"), default="mecab",
+                        help="ROUGE tokenizer for dev scores and the best constant (default mecab, dsum's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; 0: torch's default)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, one process each (default 1)")
     parser.add_argument("--out", type=Path, help="write every figure as JSON here")
@@ -227,6 +259,14 @@ def run_seeds_in_parallel(opts: argparse.Namespace, argv: list[str]) -> tuple[li
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     opts = parse_args(argv)
+    if opts.length_noise is None:
+        from dsum.data.batching import LENGTH_NOISE
+
+        opts.length_noise = LENGTH_NOISE
+    if opts.group_window_batches is not None:
+        import dsum.data.batching
+
+        dsum.data.batching.GROUP_WINDOW_BATCHES = opts.group_window_batches
     if opts.jobs > 1 and len(opts.seeds) > 1:
         # The children get the same options but one seed each and no --out/--seeds/--jobs of ours.
         child_argv = _without(argv, {"--seeds", "--jobs", "--out"})
@@ -247,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         max_tokens = token_budget(opts, model)
         probe = datamodule(opts, model, "random", 0)
         constant, constant_text = best_constant(probe.splits["val"].references,
-                                                [refs[0] for refs in probe.splits["train"].references])
+                                                [refs[0] for refs in probe.splits["train"].references],
+                                                opts.rouge_tokenizer)
         runs = []
         for seed in opts.seeds:
             for mode in opts.modes:
