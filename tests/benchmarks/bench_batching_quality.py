@@ -107,6 +107,23 @@ def dev_loss(summarizer, dm) -> float:
     return total / tokens
 
 
+def normalize_by_mean_batch_tokens(summarizer, dm, batch_size: int) -> None:
+    """Experiment: divide each batch's summed token loss by the mean summary tokens per batch over the epoch,
+    not by this batch's own count, so every summary token weighs the same whatever batch it lands in (as it
+    does on average with random batches)."""
+    from dsum.data.datamodule import column
+
+    dm.setup("fit")
+    lengths = column(dm.splits["train"].features, "target_length")
+    normalizer = float(lengths.sum()) / math.ceil(len(lengths) / batch_size)
+
+    def loss(batch):
+        totals, _ = summarizer.example_losses(batch)
+        return totals.sum() / normalizer
+
+    summarizer.loss = loss
+
+
 def train_and_score(opts: argparse.Namespace, model: str, mode: str, seed: int, max_tokens: int | None) -> dict[str, Any]:
     import lightning.pytorch as L
 
@@ -121,6 +138,8 @@ def train_and_score(opts: argparse.Namespace, model: str, mode: str, seed: int, 
         lr_scheduler="cosine", generation=GenerationSettings(num_beams=1, no_repeat_ngram_size=0, max_new_tokens=DECODER_MAX_LEN),
         rouge_tokenizer=opts.rouge_tokenizer,
     )
+    if opts.loss_normalizer == "mean_batch_tokens":
+        normalize_by_mean_batch_tokens(summarizer, dm, opts.batch_size)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=opts.steps, max_epochs=-1, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -176,7 +195,7 @@ def print_report(opts: argparse.Namespace, runs: list[dict[str, Any]], table: di
     examples = runs[0]["examples"]
     print(f"\ntiny BART d_model={opts.d_model} layers={opts.layers}, {opts.steps} steps, batch_size={opts.batch_size} "
           f"(token_budget max_tokens={max_tokens}, length_noise={opts.length_noise}, "
-          f"group window {opts.group_window_batches or 50} batches), lr={opts.lr}, dev={opts.dev.name} ({examples} examples), "
+          f"group window {opts.group_window_batches or 50} batches, loss / {opts.loss_normalizer}), lr={opts.lr}, dev={opts.dev.name} ({examples} examples), "
           f"ROUGE={opts.rouge_tokenizer}")
     print(f"best constant summary: rouge_mean {constant:.2f} ({constant_text[:60]!r})\n")
     print("| mode | seeds | dev rouge_mean, mean ± std | min – max | over best constant | distinct summaries (min) "
@@ -221,6 +240,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--group-window-batches", type=int, default=None,
                         help="experiment: length_grouped sorts within windows of this many batches "
                              "(dsum.data.batching.GROUP_WINDOW_BATCHES, default 50)")
+    parser.add_argument("--loss-normalizer", choices=("batch_tokens", "mean_batch_tokens"), default="batch_tokens",
+                        help="experiment: divide a batch's token loss by its own summary tokens (dsum) or by the "
+                             "mean summary tokens per batch")
     parser.add_argument("--rouge-tokenizer", choices=("mecab", "kiwi", "whitespace"), default="mecab",
                         help="ROUGE tokenizer for dev scores and the best constant (default mecab, dsum's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; 0: torch's default)")
