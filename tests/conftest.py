@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,12 @@ def sample_run_args(config: str, model: Path, run_dir: Path, *extra: str) -> lis
         "--trainer.logger=false",
         *extra,
     ]
+
+
+def command_fails(main: Callable[[list[str]], object], capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run a ``python -m dsum.X`` entry point that must fail: a non-zero exit, nothing on stdout; its message."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code not in (0, None)
+    assert capsys.readouterr().out == ""
+    return str(exit_info.value.code)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from dsum.score import main, score_files
+from tests.conftest import command_fails
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "data" / "sample" / "dev.csv", REPO.parent / "shared" / "data" / "dev.csv"]
@@ -137,11 +138,7 @@ def test_kiwi_tokenizer_option(gold: Path) -> None:
 
 
 def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    assert exit_info.value.code not in (0, None)
-    assert capsys.readouterr().out == ""
-    return str(exit_info.value.code)
+    return command_fails(main, capsys, *args)
 
 
 def test_duplicate_fnames_are_rejected(gold: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
