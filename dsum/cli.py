@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -15,12 +16,14 @@ from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
+from dsum.constants import MONITOR
 from dsum.callbacks.divergence import NonFiniteLossGuard
 from dsum.callbacks.early_stopping import OptionalEarlyStopping
 from dsum.callbacks.export import BestModelExport
-from dsum.callbacks.interrupt import InterruptHandler
-from dsum.callbacks.last import LastCheckpoint
+from dsum.callbacks.interrupt import InterruptHandler, take_slurm_requeue_signal
+from dsum.callbacks.last import LAST_NAME, LastCheckpoint
 from dsum.callbacks.record import RUN_RECORD, RunRecord
 from dsum.callbacks.rng import RandomStateCheckpoint
 from dsum.callbacks.submission import SubmissionWriter
@@ -28,6 +31,10 @@ from dsum.checkpoint_io import AtomicCheckpointIO
 from dsum.data import DialogueDataModule
 from dsum.files import atomic_write_text, read_json
 from dsum.models import SummarizerBase
+from dsum.models.inference_settings import (
+    INFERENCE_FILE, apply_saved_settings, given_keys, saved_inference_settings,
+)
+from dsum.run_checks import check_checkpoint_fits, check_run_dir, resolve_ckpt_path
 from dsum.secrets import redact
 from dsum.tracking import default_wandb_logger, ensure_wandb_mode
 
@@ -68,6 +75,8 @@ class DsumCLI(LightningCLI):
                  extra_callbacks: Sequence[Callback] = (), config_hooks: Sequence[ConfigHook] = ()) -> None:
         self.extra_callbacks = list(extra_callbacks)
         self.config_hooks = list(config_hooks)
+        # What the command line sets beats what an export carries.
+        self.given_args = list(args) if args is not None else sys.argv[1:]
         # main.py always passes the (rewritten) argv explicitly; LightningCLI's warning about that would
         # also echo the raw command line, credentials included.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -80,6 +89,9 @@ class DsumCLI(LightningCLI):
             seed_everything_default=42,
             trainer_defaults={
                 "default_root_dir": "outputs/run",
+                # One device unless asked: Lightning's `auto` would start DDP on every visible GPU, multiplying the
+                # effective batch under the same learning rate. Several: --trainer.devices=N.
+                "devices": 1,
                 # dsum's batch sampler shards for DDP itself (equal batch counts on every rank).
                 "use_distributed_sampler": False,
                 "log_every_n_steps": 10,
@@ -93,7 +105,7 @@ class DsumCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
-            "checkpoint.monitor": "val/rouge_mean",
+            "checkpoint.monitor": MONITOR,
             "checkpoint.mode": "max",
             "checkpoint.save_last": False,  # last.ckpt is `last_checkpoint`'s, written whatever the metric does
             "checkpoint.save_top_k": 1,
@@ -130,7 +142,22 @@ class DsumCLI(LightningCLI):
             hook(config)
         # The data's layout follows the model family, set once here from the model class.
         config.data.decoder_only = bool(getattr(_class_of(config.model.class_path), "decoder_only", False))
+        # Before anything is written: a usable run directory, and the checkpoint named by --ckpt_path.
+        check_run_dir(config.trainer.default_root_dir)
+        take_slurm_requeue_signal()  # under SLURM: before the model loads, so no stage is left to Lightning's
+        if self.subcommand == "fit" and requeued_slurm_resume(config):
+            config.ckpt_path = "last"
+        self.checkpoint_file = resolve_ckpt_path(config.get("ckpt_path"), config.trainer.default_root_dir)
+        if self.subcommand in ("validate", "test", "predict"):
+            _use_export_settings(config, given_keys(self.given_args))
         self.run_id, self.resuming = self._run_identity(config)
+
+    def _check_checkpoint(self) -> None:
+        """A checkpoint of another family, size or LoRA setting stops the run before its record is touched."""
+        if self.checkpoint_file is not None:
+            check_checkpoint_fits(self.checkpoint_file, self.model)
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint
 
     def _subcommand_config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -150,6 +177,31 @@ class DsumCLI(LightningCLI):
                      *self.extra_callbacks]
         config["plugins"] = _with_atomic_checkpoints(config.get("plugins"))
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _use_export_settings(config: Namespace, given: set[str]) -> None:
+    """An export's inference settings (``dsum_inference.json``), except those ``given`` on the command line."""
+    saved = saved_inference_settings(config.model.init_args.pretrained)
+    if saved:
+        taken = apply_saved_settings(config.model.init_args, saved, given)
+        if taken:
+            rank_zero_info(f"dsum: from {config.model.init_args.pretrained}/{INFERENCE_FILE}: {', '.join(taken)}")
+
+
+def requeued_slurm_resume(config: Namespace) -> bool:
+    """Whether this is a requeued SLURM job (``SLURM_RESTART_COUNT`` >= 1) of a ``fit`` whose run directory holds
+    ``last.ckpt``: it then resumes from it (the requeue ran the same command line, whose ``--ckpt_path``, if any,
+    is where the first attempt started, not where it stopped)."""
+    if "ckpt_path" not in config or config.ckpt_path == "last":
+        return False
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1 or not os.environ.get("SLURM_JOB_ID"):
+        return False
+    last = Path(config.trainer.default_root_dir) / "checkpoints" / LAST_NAME
+    if not last.is_file():
+        return False
+    rank_zero_info(f"dsum: requeued SLURM job (restart {os.environ['SLURM_RESTART_COUNT']}): resuming from {last}"
+                   + (f" instead of --ckpt_path {config.ckpt_path}" if config.ckpt_path else ""))
+    return True
 
 
 def _with_atomic_checkpoints(plugins: Any) -> list[Any]:

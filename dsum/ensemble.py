@@ -2,8 +2,9 @@
 
 A source is a submission CSV (``fname,summary``, the sample layout's unnamed index column allowed) or an
 exported model directory (``best_model/`` of a run, any family). A model directory is first run through
-``main.py predict`` in its own process, with the run's ``config.yaml`` beside it (or ``--config``), on
-``--data``. For every dialogue the ensemble keeps the candidate with the highest mean ROUGE (``rouge_mean``
+``main.py predict`` in its own process, on ``--data``, with the settings the export carries
+(``dsum_inference.json``: family, data layout, decoding, post-processing), or ``--config``, or for an older export
+the run's ``config.yaml`` beside it. For every dialogue the ensemble keeps the candidate with the highest mean ROUGE (``rouge_mean``
 against each other source's candidate, the metric's tokenizer): the summary the others agree with most.
 Ties go to the source listed first.
 
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dsum.data.io import DataError, read_dialogue_csv
 from dsum.files import atomic_write_json, atomic_write_text
 from dsum.metrics import (
     DEFAULT_TOKENIZER,
@@ -41,6 +43,8 @@ from dsum.score import ScoreError, read_gold, read_predictions
 
 MAIN = Path(__file__).resolve().parents[1] / "main.py"
 MIN_SOURCES = 3
+# The end of `read_dialogue_csv`'s message about bad rows, which names a training setting.
+_SKIP_ROWS_HINT = "Fix these rows, or set data.on_bad_rows=skip to drop them (the count dropped is logged)."
 
 
 class EnsembleError(ValueError):
@@ -68,19 +72,29 @@ def predict_with_model(model_dir: Path, data: Path, out_csv: Path, config: Path 
         model_dir: Exported model directory.
         data: CSV with ``fname,dialogue`` to summarize.
         out_csv: Submission to write.
-        config: Config file for ``predict``; default: ``config.yaml`` of the run that holds ``model_dir``.
+        config: Config file for ``predict``; default: the export's own settings (``dsum_inference.json``), else
+            ``config.yaml`` of the run that holds ``model_dir``.
         work_dir: Run directory for the predict run (its records and logs).
     """
+    from dsum.models.inference_settings import predict_args, saved_inference_settings  # dsum.models loads torch
+
     model_dir, data, out_csv, work_dir = (p.resolve() for p in (model_dir, data, out_csv, work_dir))
-    config = (config or model_dir.parent / "config.yaml").resolve()
-    if not config.is_file():
-        raise EnsembleError(
-            f"{model_dir}: no config for predict (looked for {config}); pass --config with the model's family config."
-        )
+    try:
+        saved = saved_inference_settings(model_dir)
+    except ValueError as error:
+        raise EnsembleError(str(error)) from None
+    if config is None and saved and saved.get("model_class"):
+        setup = predict_args(saved)  # the export carries its family, data layout and inference settings
+    else:  # an export from before dsum_inference.json: its run's config.yaml
+        config = (config or model_dir.parent / "config.yaml").resolve()
+        if not config.is_file():
+            raise EnsembleError(f"{model_dir}: no config for predict (looked for {config}); pass --config with the "
+                                "model's family config.")
+        setup = ["--config", str(config)]
     if not MAIN.is_file():
         raise EnsembleError(f"{model_dir}: cannot run a model without {MAIN}; predict it yourself and pass the CSV.")
     command = [
-        sys.executable, str(MAIN), "predict", "--config", str(config),
+        sys.executable, str(MAIN), "predict", *setup,
         f"--model.pretrained={model_dir}", f"--data.predict_file={data}", f"--submission.path={out_csv}",
         f"--trainer.default_root_dir={work_dir}", "--trainer.logger=false",
     ]
@@ -166,13 +180,18 @@ def write_submission(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def read_fname_order(path: Path) -> list[str]:
-    """The fnames of a dialogue CSV, in file order."""
-    if not path.is_file():
-        raise ScoreError(f"{path}: data file not found.")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    if "fname" not in frame.columns:
-        raise ScoreError(f"{path}: no 'fname' column; found {', '.join(map(str, frame.columns))}.")
-    return [f.strip() for f in frame["fname"]]
+    """The fnames of a dialogue CSV (``fname,dialogue``), in file order, read as training and ``predict`` read
+    it (:func:`dsum.data.io.read_dialogue_csv`).
+
+    Raises:
+        EnsembleError: The file is missing, empty, not UTF-8, not a CSV, lacks a column, has an empty cell or
+            a duplicate fname; the message names the file and the rows (and the duplicate fnames).
+    """
+    try:
+        return read_dialogue_csv(path, labelled=False).fnames
+    except DataError as err:
+        # The reader's hint is for training configs; the ensemble has no setting to skip rows.
+        raise EnsembleError(str(err).replace(_SKIP_ROWS_HINT, "Fix these rows of --data.")) from None
 
 
 def run(
@@ -190,10 +209,7 @@ def run(
     _check_count(len(paths))  # before any model runs
     order = None
     if data is not None:
-        try:
-            order = list(read_fname_order(data))
-        except ScoreError as err:
-            raise EnsembleError(str(err)) from None
+        order = read_fname_order(data)
     with tempfile.TemporaryDirectory(prefix="dsum-ensemble-") as work:
         sources = load_sources(paths, data, config, Path(work))
         if order is not None and sorted(order) != sorted(sources[0].summaries):

@@ -53,8 +53,8 @@ def fatal_message(error: BaseException) -> str | None:
     - a diverged run (:class:`dsum.callbacks.divergence.TrainingDiverged`);
     - a W&B server out of reach while ``WANDB_MODE=online`` was asked for (:class:`dsum.tracking.WandbUnreachable`);
     - a write that failed for lack of space, a read-only filesystem or permissions: the path and the errno;
-    - a ``ValueError``/``TypeError``/``FileNotFoundError`` raised by one of dsum's own checks, however deeply
-      jsonargparse wrapped it.
+    - a ``ValueError``, ``TypeError``, ``FileNotFoundError`` or ``IsADirectoryError`` raised by one of dsum's own
+      checks, however deeply jsonargparse wrapped it.
     """
     from dsum.callbacks.divergence import TrainingDiverged
     from dsum.tracking import WandbUnreachable
@@ -73,7 +73,8 @@ def fatal_message(error: BaseException) -> str | None:
         if disk.errno in (errno.ENOSPC, errno.EDQUOT):
             line += " (free some space or point trainer.default_root_dir elsewhere)"
     if line is None:
-        own = [e for e in chain if isinstance(e, (ValueError, TypeError, FileNotFoundError)) and _raised_in_dsum(e)]
+        own = [e for e in chain if isinstance(e, (ValueError, TypeError, FileNotFoundError, IsADirectoryError))
+               and _raised_in_dsum(e)]
         if own:
             line = f"dsum: {own[-1]}"
     if line is None:

@@ -44,6 +44,8 @@ ReferenceRule = Literal["mean", "max"]
 REFERENCE_RULES: tuple[str, ...] = ("mean", "max")
 # Anything that is not a letter or digit in any script (underscore counts as punctuation here).
 _NON_WORD = re.compile(r"[\W_]+")
+# Unicode categories of control (NUL, BEL, ...) and format (zero-width space, BOM, ...) characters.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf"})
 _MECAB_MISSING = (
     "The 'mecab' ROUGE tokenizer needs python-mecab-ko (with its bundled mecab-ko-dic): "
     "pip install python-mecab-ko  (or choose model.rouge_tokenizer / --tokenizer whitespace or kiwi)"
@@ -65,6 +67,20 @@ def _words(text: str) -> list[str]:
     return _NON_WORD.sub(" ", text.lower()).split()
 
 
+def clean_controls(text: str) -> str:
+    """``text`` with every control or format character (Unicode ``Cc``/``Cf``: NUL, BEL, zero-width space,
+    byte-order mark ...) but whitespace replaced by a space, then NFC-normalised.
+
+    The analysers must never see them: Mecab-ko reads its input as a C string and stops at the first NUL, so
+    ``"집에\\x00갔다"`` would lose every word after it.
+    """
+    if not text.isprintable():  # printable text (the usual case) has none: skip the per-character pass
+        text = "".join(
+            " " if not ch.isspace() and unicodedata.category(ch) in _CONTROL_CATEGORIES else ch for ch in text
+        )
+    return unicodedata.normalize("NFC", text)
+
+
 def _segments(text: str) -> Iterator[tuple[str, bool]]:
     """``text`` (NFC) as consecutive ``(segment, is_mask)`` pieces; masks are whole ``#...#`` spans."""
     start = 0
@@ -76,7 +92,8 @@ def _segments(text: str) -> Iterator[tuple[str, bool]]:
 
 
 class _MaskAwareTokenizer:
-    """Base: NFC, masks cut out and kept whole (lowercased), the rest split by :meth:`split`."""
+    """Base: control characters out (:func:`clean_controls`), NFC, masks cut out and kept whole (lowercased),
+    the rest split by :meth:`split`."""
 
     name = "base"
 
@@ -85,7 +102,7 @@ class _MaskAwareTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         tokens: list[str] = []
-        for segment, is_mask in _segments(unicodedata.normalize("NFC", text)):
+        for segment, is_mask in _segments(clean_controls(text)):
             if is_mask:
                 tokens.append(segment.lower())
             elif segment.strip():
@@ -184,7 +201,7 @@ class KiwiTokenizer(_MaskAwareTokenizer):
     def tokenize(self, text: str) -> list[str]:
         # Kiwi analyses the whole text (context matters for its analysed forms), the masks given to it as
         # pre-tokenized proper nouns: alone it would split `#Person1#은` into `#Person1` + `#은`.
-        text = unicodedata.normalize("NFC", text)
+        text = clean_controls(text)
         masks = [(m.start(), m.end(), "NNP") for m in MASK_PATTERN.finditer(text)]
         forms = (m.form.lower() for m in _kiwi().tokenize(text, pretokenized=masks))
         return [form for form in forms if not _NON_WORD.fullmatch(form)]

@@ -26,17 +26,26 @@ PARTICLES = (
     "에게서", "에게", "께서", "한테", "에서", "으로", "이랑", "만큼", "보다", "처럼", "까지", "부터", "조차", "마저",
     "이나", "님", "은", "는", "이", "가", "을", "를", "의", "과", "와", "도", "만", "께", "에", "로", "랑",
 )
-_PARTICLE_WORD = f"(?:{'|'.join(PARTICLES)})+"
+# Possessive (`++`): the longest particle is taken at each step and never given back. Backtracking would try
+# every split of `이랑이랑…` (`이랑` or `이` + `랑`), exponential in its length; no other split can succeed
+# where the longest-first one fails, as no particle but `랑` starts with `랑`.
+_PARTICLE_WORD = f"(?:{'|'.join(PARTICLES)})++"
 # A mask, whitespace, then a word made only of particles (ending at a space, punctuation or the end).
-_SPACED_PARTICLE = re.compile(rf"({MASK_PATTERN.pattern})\s+({_PARTICLE_WORD})(?![가-힣])")
+_SPACED_PARTICLE = re.compile(rf"({MASK_PATTERN.pattern})\s++({_PARTICLE_WORD})(?![가-힣])")
 
 # Sentence ends: . ! ? (also … and full-width forms), then closing quotes/brackets, then whitespace or the
-# end (so the period in `3.5` or `a.b` is no sentence end).
+# end (so the period in `3.5` or `a.b` is no sentence end). A match starts only at the first mark of a run
+# and takes the run whole (possessive), so a long run of dots is read once, not once per dot.
+_END_MARKS = ".!?…。！？"
 _CLOSERS = "\"'”’)\\]」』"
-_SENTENCE_END = re.compile(rf"[.!?…。！？]+[{_CLOSERS}]*(?=\s|$)")
+_SENTENCE_END = re.compile(rf"(?<![{_END_MARKS}])[{_END_MARKS}]++[{_CLOSERS}]*+(?=\s|$)")
 # A sentence may also be finished without its period: a Korean final ending (…다, …요).
 _TRAILING_PUNCTUATION = ".,!?…。！？;:" + _CLOSERS
-_FINISHED = re.compile(rf"(?:[.!?…。！？]|[다요])[{_CLOSERS}]*$")
+_FINISHING = _END_MARKS + "다요"
+# Longest word sequence that `collapse_repeats` looks for right after itself. A summary of at most 128 new
+# tokens (the configs' `max_new_tokens`) has at most 128 words, so no repeat in it is longer; the bound keeps
+# the work per word constant on degenerate text.
+MAX_REPEAT_WORDS = 64
 
 
 def join_mask_particles(text: str) -> str:
@@ -66,32 +75,33 @@ def cut_unfinished_sentence(text: str) -> str:
     sentence end at all is returned unchanged rather than emptied.
     """
     text = text.strip()
-    if not text or _FINISHED.search(text):
+    if not text or text.rstrip(_CLOSERS).endswith(tuple(_FINISHING)):
         return text
     ends = list(_SENTENCE_END.finditer(text))
     return text[: ends[-1].end()].strip() if ends else text
 
 
 def _collapse_adjacent(words: list[str]) -> list[str]:
-    """Keep one copy of any word sequence that repeats right after itself, until none does.
+    """Keep one copy of any word sequence (up to :data:`MAX_REPEAT_WORDS` words) that repeats right after
+    itself, until none does.
 
     Words compare without trailing punctuation and the last copy is the one kept, so
-    ``집에 갔다 집에 갔다.`` keeps its period.
+    ``집에 갔다 집에 갔다.`` keeps its period. One pass: each word is appended to the kept words, and when
+    their end is now a sequence followed by a copy of itself (the shortest such), the first copy is dropped.
+    What is kept before each word has no adjacent repeat, so only the end needs checking, and dropping a
+    copy leaves a prefix of that (repeat-free) text: at most one drop per word.
     """
-    keys = [word.rstrip(_TRAILING_PUNCTUATION) or word for word in words]
-    changed = True
-    while changed:
-        changed = False
-        i = 0
-        while i < len(words):
-            for n in range(1, (len(words) - i) // 2 + 1):
-                if keys[i : i + n] == keys[i + n : i + 2 * n]:
-                    del words[i : i + n], keys[i : i + n]
-                    changed = True
-                    break
-            else:
-                i += 1
-    return words
+    kept: list[str] = []
+    keys: list[str] = []
+    for word in words:
+        kept.append(word)
+        keys.append(word.rstrip(_TRAILING_PUNCTUATION) or word)
+        last, size = keys[-1], len(keys)
+        for n in range(1, min(MAX_REPEAT_WORDS, size // 2) + 1):
+            if keys[-1 - n] == last and keys[-2 * n : -n] == keys[-n:]:
+                del kept[-2 * n : -n], keys[-2 * n : -n]
+                break
+    return kept
 
 
 def collapse_repeats(text: str) -> str:

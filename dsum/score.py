@@ -19,9 +19,13 @@ from typing import Any
 import pandas as pd
 
 from dsum.data.io import reference_columns
+from dsum.fidelity import fidelity_scores
 from dsum.metrics import DEFAULT_TOKENIZER, REFERENCE_RULES, TOKENIZERS, metric_settings, rouge_scores
 
 MAX_LISTED = 5
+# Cells that mean "no value" after a round trip through pandas, Excel or `str(None)` (compared lowercased,
+# stripped): read as text (`keep_default_na=False`) they would otherwise be scored as reference summaries.
+MISSING_MARKERS = frozenset({"nan", "-nan", "n/a", "na", "#n/a", "<na>", "none", "null"})
 
 
 class ScoreError(ValueError):
@@ -67,17 +71,38 @@ def _read_table(path: Path, required: Sequence[str], what: str) -> pd.DataFrame:
     return frame
 
 
+def is_missing_marker(value: str) -> bool:
+    """Whether a cell holds a "no value" marker such as ``NaN``, ``nan``, ``N/A`` or ``None``."""
+    return value.strip().lower() in MISSING_MARKERS
+
+
 def read_gold(path: Path) -> dict[str, list[str]]:
-    """fname -> references (``summary``, then ``summary1``, ``summary2``, ... where not empty), in file order."""
+    """fname -> references (``summary``, then ``summary1``, ``summary2``, ... where not empty), in file order.
+
+    A reference that is a missing-value marker (``NaN``, ``N/A`` ...: :data:`MISSING_MARKERS`) is not scored
+    against, with a warning per column that names its rows; a row left with no reference is an error.
+    """
     frame = _read_table(path, ["fname", "summary"], "gold")
     empty = [str(i + 1) for i, s in enumerate(frame["summary"].tolist()) if not s.strip()]
     if empty:
         raise ScoreError(f"{path}: empty 'summary' (the first reference) in data rows {_listing(empty)}.")
     columns = reference_columns(list(frame.columns))
-    return {
-        row["fname"]: [row[c] for c in columns if row[c].strip()]
+    for column in columns:
+        marked = [str(i + 1) for i, value in enumerate(frame[column].tolist()) if is_missing_marker(value)]
+        if marked:
+            print(f"warning: {path}: {len(marked)} '{column}' value(s) like NaN or N/A (data rows "
+                  f"{_listing(marked)}), treated as missing references and not scored against.", file=sys.stderr)
+    gold = {
+        row["fname"]: [row[c] for c in columns if row[c].strip() and not is_missing_marker(row[c])]
         for row in frame[["fname", *columns]].to_dict("records")
     }
+    unreferenced = [str(i + 1) for i, refs in enumerate(gold.values()) if not refs]
+    if unreferenced:
+        raise ScoreError(
+            f"{path}: no reference left in data rows {_listing(unreferenced)}: every one of "
+            f"{', '.join(columns)} is empty or a missing-value marker (NaN, N/A ...)."
+        )
+    return gold
 
 
 def read_predictions(path: Path) -> dict[str, str]:
@@ -98,8 +123,8 @@ def score_files(
         references: ``mean`` (the organizers' rule) or ``max`` over a row's references, per ROUGE type.
 
     Raises:
-        ScoreError: A file is missing, unreadable, lacks columns, has duplicate fnames, or the two files'
-            fnames differ.
+        ScoreError: A file is missing, unreadable, lacks columns, has duplicate fnames, a gold row has no
+            reference (empty or ``NaN``/``N/A`` in every reference column), or the two files' fnames differ.
     """
     pred, gold = Path(pred), Path(gold)
     settings = metric_settings(tokenizer, references)  # bad settings fail before the files are read
@@ -118,9 +143,9 @@ def score_files(
     if empty:
         print(f"warning: {pred}: {empty} empty prediction(s), scored 0.", file=sys.stderr)
     fnames = list(gold_refs)
-    result: dict[str, Any] = dict(
-        rouge_scores([predictions[f] for f in fnames], [gold_refs[f] for f in fnames], tokenizer, references)
-    )
+    preds, refs = [predictions[f] for f in fnames], [gold_refs[f] for f in fnames]
+    result: dict[str, Any] = dict(rouge_scores(preds, refs, tokenizer, references))
+    result.update(fidelity_scores(preds, refs))  # mask precision / recall / F1, length ratio
     result["metric"] = settings
     return result
 

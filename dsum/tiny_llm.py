@@ -27,6 +27,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
+from dsum.tiny_tokenizers import SPECIALS, as_paths, read_texts, train_backend
+
 LLM_FAMILY = "llm"
 
 CHATML_TEMPLATE = (
@@ -54,19 +56,17 @@ def build_llm_tokenizer(
         vocab_size: Target vocabulary size, special and byte tokens included.
         max_positions: Saved as ``model_max_length``.
     """
-    from dsum.tiny import _SPECIALS, _as_paths, _train_backend, read_texts
-
     texts = read_texts(csv_paths)
     if not texts:
-        raise ValueError(f"{[str(p) for p in _as_paths(csv_paths)]}: no non-empty dialogue/summary text to train on.")
-    backend = _train_backend(LLM_FAMILY, texts, [IM_START], vocab_size)
+        raise ValueError(f"{[str(p) for p in as_paths(csv_paths)]}: no non-empty dialogue/summary text to train on.")
+    backend = train_backend(LLM_FAMILY, texts, [IM_START], vocab_size)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         model_max_length=max_positions,
         clean_up_tokenization_spaces=False,
         additional_special_tokens=[IM_START],
         chat_template=CHATML_TEMPLATE,
-        **_SPECIALS[LLM_FAMILY],
+        **SPECIALS[LLM_FAMILY],
     )
 
 
@@ -76,10 +76,8 @@ def pretraining_documents(csv_paths: str | Path | Sequence[str | Path], seed: in
 
     import pandas as pd
 
-    from dsum.tiny import _as_paths
-
     documents = []
-    for path in _as_paths(csv_paths):
+    for path in as_paths(csv_paths):
         frame = pd.read_csv(path, keep_default_na=False, dtype=str)
         for column, role in (("dialogue", "user"), ("summary", "assistant")):
             if column in frame.columns:

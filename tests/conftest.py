@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,3 +81,56 @@ def command_fails(main: Callable[[list[str]], object], capsys: pytest.CaptureFix
     assert exit_info.value.code not in (0, None)
     assert capsys.readouterr().out == ""
     return str(exit_info.value.code)
+
+
+def run_if(min_gpus: int = 0, bf16: bool = False, packages: Sequence[str] = ()) -> pytest.MarkDecorator:
+    """Skip the test unless this machine has what it needs, saying exactly what is missing (in the style of
+    lightning-hydra-template's ``RunIf``): ``@run_if(min_gpus=2, bf16=True, packages=["bitsandbytes"])``.
+
+    Args:
+        min_gpus: CUDA GPUs the test needs (``torch.cuda.device_count()``).
+        bf16: Native bfloat16 on CUDA (compute capability 8.0 or newer: Ampere, Hopper), not emulation.
+        packages: Importable top-level packages the test needs.
+
+    Returns:
+        ``pytest.mark.skipif`` whose reason names every unmet requirement and what the machine has instead.
+    """
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing: list[str] = []
+    if gpus < min_gpus:
+        missing.append(f"{min_gpus} CUDA GPU{'s' if min_gpus > 1 else ''} (found {gpus})")
+    if bf16 and not (gpus and torch.cuda.is_bf16_supported(including_emulation=False)):
+        missing.append("native bf16 on CUDA (compute capability 8.0 or newer; "
+                       + (f"found {'.'.join(map(str, torch.cuda.get_device_capability()))})" if gpus
+                          else "no CUDA GPU)"))
+    absent = [name for name in packages if importlib.util.find_spec(name.split(".")[0]) is None]
+    if absent:
+        missing.append(f"package{'s' if len(absent) > 1 else ''} {', '.join(absent)} (not installed)")
+    reason = "needs " + "; ".join(missing) if missing else "has what it needs"
+    return pytest.mark.skipif(bool(missing), reason=reason)
+
+
+def main_py(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python main.py ...`` in a subprocess from the repository root (DDP launches its ranks by running the
+    command again), offline W&B; fails the test with the end of stderr unless it succeeds."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@contextmanager
+def tmpfs_mounted(target: Path, options: str) -> Iterator[bool]:
+    """Mount a tmpfs with ``options`` (``size=1m``, ``ro``, ...) on ``target``; yields whether it mounted (root
+    only), and unmounts it afterwards."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+                             capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(target)], check=False)
+

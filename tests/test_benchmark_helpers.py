@@ -1,14 +1,20 @@
-"""The throughput benchmark's own arithmetic: the padding-free bound and the train-sized start-up CSV.
+"""The benchmarks' own helpers: the throughput benchmark's padding-free bound and train-sized start-up CSV, the
+LoRA benchmark's TRL data, one GPU per benchmark process, and the GPU acceptance command without a GPU.
 
-The benchmark itself is never run by the test suite (it takes minutes); these helpers decide which
-figures it reports, so they are checked here on synthetic inputs.
+The benchmarks themselves are never run by the test suite (they take minutes); these helpers decide which
+figures they report and how their processes start, so they are checked here on synthetic inputs.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
+import os
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +22,28 @@ import pytest
 
 from dsum.data.io import read_dialogue_csv
 
-BENCH_PATH = Path(__file__).parent / "benchmarks" / "bench_throughput.py"
+BENCHMARKS = Path(__file__).parent / "benchmarks"
+BENCH_PATH = BENCHMARKS / "bench_throughput.py"
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_throughput", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield _load(BENCH_PATH)
+    sys.modules.pop("bench_throughput", None)
+
+
+@pytest.fixture(scope="module")
+def lora_bench():
+    yield _load(BENCHMARKS / "bench_lora.py")
+    sys.modules.pop("bench_lora", None)
 
 
 def _steps(batches: list[list[int]], src: np.ndarray, tgt: np.ndarray, coef: tuple[float, ...]) -> dict:
@@ -132,3 +149,148 @@ def test_ratios_name_the_default_and_the_best_mode(bench):
                                     "best/c": 4.8, "gen/sorted": 1.5, "gen/file_order": 3.0})
     results["a/token_budget+compile"] = row(45.0)  # slower with the switch: only the default mode is reported
     assert set(bench.all_ratios(results, {})) == {"a/b", "a/b2", "a/c"}
+
+
+# ================================================================================ bench_lora's TRL row
+def test_trl_row_data_is_prepared_from_the_sample(lora_bench, tiny_llm_random, tmp_path) -> None:
+    """The TRL row's data: `fit` needs a validation file (it crashed with "`fit` needs data.val_file" before TRL
+    ran), and SFTTrainer takes pre-tokenized examples as input_ids + completion_mask."""
+    from dsum.data import DialogueDataModule
+
+    data, tokenizer = lora_bench.trl_dataset(tiny_llm_random, tmp_path)
+
+    assert data.column_names == ["input_ids", "completion_mask"]
+    assert len(data) == len(read_dialogue_csv(lora_bench.CSV, labelled=True).dialogues)
+    dm = DialogueDataModule(str(tiny_llm_random), train_file=str(lora_bench.CSV), decoder_only=True,
+                            prompt_template="chat", encoder_max_len=512, decoder_max_len=64,
+                            cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    features = dm.splits["train"].features
+    for row, prompt, summary in zip(data, features["input_ids"], features["labels"]):
+        assert row["input_ids"] == prompt + summary  # the dsum rows' examples, token for token
+        assert row["completion_mask"] == [0] * len(prompt) + [1] * len(summary)
+    assert features["labels"][0][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert "#Person1#" in tokenizer.get_vocab()  # the data module's tokenizer, masks added
+
+
+# ================================================================================ one GPU per benchmark process
+@pytest.mark.parametrize(("visible", "expected"), [
+    (None, "0"), ("0,1,2,3", "0"), ("2,3", "2"), ("GPU-8f2c,GPU-11ab", "GPU-8f2c"), ("", ""),
+])
+@pytest.mark.parametrize("module", ["bench", "lora_bench"])
+def test_child_environment_names_one_gpu(module, visible, expected, request) -> None:
+    one_gpu_env = request.getfixturevalue(module).one_gpu_env
+    env = {"PATH": "/bin"} if visible is None else {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": visible}
+    assert one_gpu_env(env) == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": expected}
+    assert env.get("CUDA_VISIBLE_DEVICES") == visible  # the parent's own environment is left alone
+
+
+class FakeRun:
+    """Stands in for ``subprocess.run``: records each child's environment and writes what the child would."""
+
+    def __init__(self) -> None:
+        self.envs: list[dict[str, str]] = []
+
+    def __call__(self, cmd, env=None, **kwargs) -> subprocess.CompletedProcess:
+        self.envs.append(dict(env))
+        stdout = ""
+        if "--result-file" in cmd:  # a bench_throughput variant
+            Path(cmd[cmd.index("--result-file") + 1]).write_text(json.dumps({"samples_per_s": 1.0, "steps": 1}))
+        elif "--child" in cmd:  # a bench_lora variant
+            stdout = "RESULT " + json.dumps({"tokens_per_s": 1.0})
+        else:  # main.py fit of the start-up part
+            run_dir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--trainer.default_root_dir="))
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            Path(run_dir, "run.json").write_text(json.dumps({"history": [{"startup_seconds": 1.0}]}))
+        return subprocess.CompletedProcess(cmd, 0, stdout, "")
+
+
+@pytest.mark.parametrize("visible", [None, "0,1,2,3"])
+def test_every_benchmark_child_process_sees_one_gpu(bench, lora_bench, visible, monkeypatch, tmp_path) -> None:
+    """On a 4-GPU host the HF Trainer rows would wrap the model in nn.DataParallel across all 4 GPUs."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # the host: four GPUs
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    fake = FakeRun()
+    monkeypatch.setattr(subprocess, "run", fake)
+    opts = argparse.Namespace(csv="train.csv", batch_size=2, epochs=1, warmup_steps=0, max_steps=0,
+                              cache_dir=str(tmp_path), threads=0, cpu=False, profile=None, verbose=False,
+                              startup_rows=0)
+    bench.run_child(opts, "b/hf_dynamic", "model", "", [])
+    bench.startup_overhead(opts, "model", cuda=True)
+    lora_opts = argparse.Namespace(steps=2, batch_size=2, warmup=0)
+    assert "error" not in lora_bench.run_variant("gpu/trl_qlora", Path("model"), tmp_path, lora_opts)
+
+    assert len(fake.envs) == 4  # one variant, the cold and warm start-up runs, one LoRA variant
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in fake.envs] == ["0"] * 4
+
+
+# ================================================================================ gpu_acceptance.py
+def test_gpu_acceptance_without_cuda_says_so_and_fails_fast() -> None:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, also on a GPU machine
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_acceptance.py")], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith("gpu_acceptance: no CUDA GPU")
+    assert time.perf_counter() - started < 60
+
+
+@pytest.fixture()
+def acceptance():
+    yield _load(BENCHMARKS / "gpu_acceptance.py")
+    sys.modules.pop("gpu_acceptance", None)
+
+
+def test_gpu_acceptance_prints_one_table_and_stops_a_part_at_its_limit(acceptance, monkeypatch, capsys,
+                                                                        tmp_path) -> None:
+    """The whole command on fake parts: a benchmark's figures and skips become rows, a part past its time limit
+    is stopped and reported, and the exit status says that something failed."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    rows = [{"variant": "gpu/qlora", "tokens_per_s": 1234.5, "median_step_s": 0.25, "peak_gpu_mb": 2048.0},
+            {"variant": "gpu/full", "error": "Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory"},
+            {"variant": "gpu/trl_qlora", "error": "trl is not installed (pip install trl)"}]
+    lora = ("-c", f"import json; json.dump({rows!r}, open('{{out}}/lora.json', 'w')); "
+                  "print('dsum/trl tokens/s = 1.50x')")
+    monkeypatch.setattr(acceptance, "PARTS", {
+        "lora": acceptance.Part(lora, 60, acceptance.lora_rows),
+        "slow": acceptance.Part(("-c", "import time; time.sleep(60)"), 1, lambda out, log: []),
+    })
+    started = time.perf_counter()
+    assert acceptance.main(["--parts", "lora,slow", "--out", str(tmp_path)]) == 1
+    assert time.perf_counter() - started < 30
+    table = capsys.readouterr().out
+    assert "Fake GPU x1" in table
+    assert "| lora | gpu/qlora | passed | 1,234.5 tokens/s, 0.250 s/step, 2,048 MB peak GPU |" in table
+    assert "| lora | gpu/full | failed | torch.OutOfMemoryError: CUDA out of memory |" in table
+    assert "| lora | gpu/trl_qlora | skipped | trl is not installed (pip install trl) |" in table
+    assert "| lora | dsum/trl tokens/s | passed | 1.50x |" in table
+    assert "| slow | time limit | timed out | stopped after 1s" in table
+    assert table.strip().endswith("3 of 5 checks passed or skipped; 2 failed or timed out")
+
+
+def test_gpu_acceptance_reads_the_throughput_report(acceptance, tmp_path) -> None:
+    report = {"variants": {"a/token_budget": {"samples_per_s": 50.0, "peak_gpu_mb": 900.0}},
+              "generation": {"g/dsum_validate": {"samples_per_s": 9.0}},
+              "large": {"a/token_budget": {"samples_per_s": 20.0}, "b/hf_dynamic": {"samples_per_s": 10.0}},
+              "startup": {"cold": {"startup_seconds": 8.0}, "warm": {"startup_seconds": 5.5}},
+              "ratios": {"a/b": 2.0}, "large_ratio_a_b": 2.0, "large_ratio_a_b2": 1.25}
+    (tmp_path / "throughput.json").write_text(json.dumps(report))
+    rows = acceptance.throughput_rows(tmp_path, "")
+    assert [(r.check, r.figures) for r in rows] == [
+        ("tiny BART a/token_budget", "50.0 samples/s, 900 MB peak GPU"),
+        ("generation g/dsum_validate", "9.0 samples/s"),
+        ("KoBART-sized a/token_budget", "20.0 samples/s"),
+        ("KoBART-sized b/hf_dynamic", "10.0 samples/s"),
+        ("main.py fit start-up", "cold 8.0s, warm 5.5s"),
+        ("ratios", "a/b=2.00x kobart_sized a/b=2.00x kobart_sized a/b2=1.25x"),
+    ]

@@ -28,6 +28,7 @@ def test_every_shipped_config_parses(config: Path, capsys) -> None:
         "dsum.models.Seq2SeqSummarizer", "dsum.models.CausalLMSummarizer", "dsum.models.InstructSummarizer"}
     assert resolved["checkpoint"]["monitor"] == "val/rouge_mean"
     assert resolved["trainer"]["default_root_dir"].startswith("outputs/")
+    assert resolved["trainer"]["devices"] == 1  # never every visible GPU by default (DDP only when asked)
     if resolved["model"]["class_path"].endswith("CausalLMSummarizer"):
         assert resolved["data"]["source_suffix"]
 

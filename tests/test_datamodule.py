@@ -177,3 +177,17 @@ def test_a_column_is_read_in_one_piece_in_the_selected_order() -> None:
     lengths = column(features, "source_length")
     assert lengths.tolist() == [9, 7, 4] and lengths.dtype.kind == "i"
     assert int(column(features, "source_truncated").sum()) == 2
+
+
+@pytest.mark.parametrize("device, pinned", [("cuda", True), ("cpu", False)])
+def test_batches_are_page_locked_only_when_training_on_cuda(tiny_models, tmp_path, device, pinned) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    dm = make(tiny_models, tmp_path)
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0,  # what the loaders read from Lightning's trainer
+                                 strategy=SimpleNamespace(root_device=torch.device(device, 0)))
+    dm.setup("fit")
+    assert dm.train_dataloader().pin_memory is pinned
+    assert dm.val_dataloader().pin_memory is pinned

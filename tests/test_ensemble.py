@@ -127,6 +127,31 @@ def test_bad_sources_are_named(dev: pd.DataFrame, tmp_path: Path, capsys: pytest
     assert not Path(out).exists()
 
 
+def test_bad_data_files_are_one_line_errors_naming_the_file(
+    dev: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sources = [str(p) for p in noisy_sources(dev, tmp_path)]
+    out = tmp_path / "out.csv"
+
+    def fails(data: Path) -> str:
+        message = _fails(capsys, *sources, "--out", str(out), "--data", str(data))
+        assert str(data) in message and "\n" not in message and "Traceback" not in message
+        return message
+
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    assert "the file is empty" in fails(empty)
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("fname,dialogue\ndev_0,café au lait\n".encode("latin-1"))
+    assert "not valid UTF-8" in fails(latin1)
+    duplicated = tmp_path / "duplicated.csv"
+    pd.concat([dev, dev.iloc[[2]]])[["fname", "dialogue"]].to_csv(duplicated, index=False)
+    message = fails(duplicated)
+    assert f"duplicate fname ({dev['fname'].iloc[2]}) in row {len(dev) + 1}" in message
+    assert "fnames differ" not in message and "on_bad_rows" not in message
+    assert not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_ensemble_of_three_seeded_tiny_models_scores_at_least_their_mean(

@@ -17,17 +17,18 @@ import torch
 
 from dsum.callbacks.divergence import NonFiniteLossGuard, TrainingDiverged
 from dsum.callbacks.record import RunRecord
-from tests.conftest import REPO
+from tests.conftest import REPO, tmpfs_mounted
 
 
 # ------------------------------------------------------------------------------------------- divergence
 class Regression(L.LightningModule):
     """y = 2x on a few points; `nan_batches` get a NaN input (so a NaN loss) on those batch indices."""
 
-    def __init__(self, lr: float, nan_batches: tuple[int, ...] = ()) -> None:
+    def __init__(self, lr: float, nan_batches: tuple[int, ...] = (), fused: bool = False) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(1, 1)
         self.lr = lr
+        self.fused = fused
         self.nan_batches = set(nan_batches)
         self.weights_seen: list[float] = []
 
@@ -39,17 +40,18 @@ class Regression(L.LightningModule):
         return torch.nn.functional.mse_loss(self.layer(x), 2 * x)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr) if self.lr < 1 else \
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, fused=self.fused) if self.lr < 1 else \
             torch.optim.SGD(self.parameters(), lr=self.lr)
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(torch.linspace(1, 8, 8).unsqueeze(1), batch_size=2)
 
 
-def fit(tmp_path: Path, model: L.LightningModule, guard: NonFiniteLossGuard, epochs: int = 2) -> dict:
+def fit(tmp_path: Path, model: L.LightningModule, guard: NonFiniteLossGuard, epochs: int = 2,
+        plugins: list | None = None) -> dict:
     trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        callbacks=[RunRecord("r1"), guard])
+                        callbacks=[RunRecord("r1"), guard], plugins=plugins)
     trainer.fit(model)
     return json.loads((tmp_path / "run.json").read_text())
 
@@ -74,6 +76,22 @@ def test_a_bounded_number_of_nonfinite_steps_is_skipped_without_updating(tmp_pat
 
     with pytest.raises(TrainingDiverged, match="after 1 skipped step"):
         fit(tmp_path / "over", Regression(lr=0.05, nan_batches=(1,)), NonFiniteLossGuard(max_nonfinite_steps=1))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
+def test_a_skipped_step_under_16_mixed_keeps_the_weights_with_a_fused_optimizer(tmp_path, fused) -> None:
+    """16-mixed's GradScaler (a CPU one here): Lightning does not unscale for a fused AdamW, so dropping the
+    gradients left `scaler.update()` with "No inf checks were recorded prior to update"."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    model = Regression(lr=0.05, nan_batches=(1,), fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    record = fit(tmp_path, model, NonFiniteLossGuard(max_nonfinite_steps=2),
+                 plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert record["status"] == "completed"
+    seen = model.weights_seen
+    assert seen[2] == seen[1] and seen[6] == seen[5] and seen[1] != seen[0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 # ------------------------------------------------------------------------------------------- hostile sweep YAMLs
@@ -193,11 +211,8 @@ def other_fs(tmp_path):
     """A directory on its own small filesystem (tmpfs, when mounting is allowed), else under tmp_path."""
     target = tmp_path / "fs"
     target.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(target)],
-                             capture_output=True).returncode == 0
-    yield target
-    if mounted:
-        subprocess.run(["umount", "-l", str(target)], check=False)
+    with tmpfs_mounted(target, "size=256m"):
+        yield target
 
 
 def check_checkpoint(directory: Path) -> int | None:
@@ -273,11 +288,10 @@ def tiny_fs(tmp_path):
     """A 1 MiB tmpfs (root only; skipped where mounting is not allowed: see the RLIMIT_FSIZE test instead)."""
     target = tmp_path / "tiny"
     target.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield target
-    subprocess.run(["umount", "-l", str(target)], check=False)
+    with tmpfs_mounted(target, "size=1m") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here")
+        yield target
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_path_and_errno(tiny_fs) -> None:

@@ -4,25 +4,14 @@ ranks gives the same ROUGE as on one."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import REPO, SAMPLE, main_py
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.ci]
-
-
-def main_py(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
 
 
 def common(model: Path, run_dir: Path, devices: int) -> list[str]:

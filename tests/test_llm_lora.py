@@ -167,3 +167,18 @@ def test_missing_bitsandbytes_says_what_to_install(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match=r"bitsandbytes, which is not installed: pip install 'dsum\[qlora\]'"):
         check_bitsandbytes("fp4", "adamw", LoraSettings())
     check_bitsandbytes(None, "adamw", None)  # nothing quantized, nothing paged: no bitsandbytes needed
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"r": 0}, "model.lora.r must be a positive integer, got 0"),
+    ({"dropout": 1.5}, "model.lora.dropout must be in [0, 1), got 1.5"),
+    ({"alpha": -8}, "model.lora.alpha must be a positive number, got -8"),
+])
+def test_lora_settings_out_of_range_are_one_line_naming_key_and_value(tiny_llm_random, setting, message) -> None:
+    from dsum.faults import fatal_message
+    from dsum.models import InstructSummarizer
+    from dsum.models.instruct import LoraSettings
+
+    with pytest.raises(ValueError) as error:
+        InstructSummarizer(str(tiny_llm_random), lora=LoraSettings(**setting), rouge_tokenizer="whitespace")
+    assert fatal_message(error.value) == f"dsum: {message}"

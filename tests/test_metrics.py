@@ -114,6 +114,23 @@ def test_tokenizers_equate_composed_and_decomposed_hangul() -> None:
         assert tokenizer.tokenize(decomposed) == tokenizer.tokenize(text)
 
 
+@pytest.mark.parametrize("control", ["\x00", "\x07", "\x1b", "\u200b", "\ufeff", "\x7f"])
+def test_control_characters_become_spaces_before_any_analyser(control: str) -> None:
+    # Mecab-ko stopped at a NUL: `집에\x00갔다 학교에 왔다` was [집, 에], so a NUL could raise a prediction's score.
+    text = f"#Person1#은 집에{control}갔다 학교에 왔다"
+    spaced = "#Person1#은 집에 갔다 학교에 왔다"
+    tokenizers = [WhitespaceTokenizer(), MecabTokenizer()]
+    if importlib.util.find_spec("kiwipiepy") is not None:
+        tokenizers.append(KiwiTokenizer())
+    for tokenizer in tokenizers:
+        assert tokenizer.tokenize(text) == tokenizer.tokenize(spaced), tokenizer
+    assert MecabTokenizer().tokenize(text) == ["#person1#", "은", "집", "에", "갔", "다", "학교", "에", "왔", "다"]
+    for name in ("mecab", "whitespace"):
+        scores = rouge_scores([text, "집에 갔다"], [spaced, f"집에{control}"], tokenizer=name)
+        assert scores == rouge_scores([spaced, "집에 갔다"], [spaced, "집에"], tokenizer=name)
+    assert metrics.clean_controls(f"가\t나\n{control}다") == "가\t나\n 다"  # whitespace itself is kept
+
+
 def test_kiwi_tokenizer_keeps_masks_whole_and_splits_particles() -> None:
     pytest.importorskip("kiwipiepy")
     tokens = KiwiTokenizer().tokenize("#Person1#은 #Person2#에게 Jimmy의 #PhoneNumber#를 알려줬다.")

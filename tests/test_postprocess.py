@@ -96,3 +96,42 @@ def test_decode_applies_the_models_postprocess(tiny_models) -> None:
                                 postprocess=PostprocessSettings(cut_unfinished=True))
     assert cutting.decode(ids) == ["#Person1#은 집에 갔다."]
     assert cutting.hparams.postprocess == PostprocessSettings(cut_unfinished=True)  # saved with the checkpoint
+
+
+LONG = 100_000  # characters of degenerate model output: every step must stay linear on it
+
+
+@pytest.mark.timeout(60)  # a backtracking or quadratic step would run for minutes (signal timeouts stop `re` too)
+def test_every_step_is_fast_on_100k_characters_of_degenerate_output() -> None:
+    # Mask spacing: a particle repeated without end used to backtrack exponentially (26 repeats took 24 s).
+    stuck = "#Person1# " + "이랑" * (LONG // 2)
+    assert join_mask_particles(stuck + "집") == stuck + "집"  # a word, not only particles: kept spaced
+    assert join_mask_particles(stuck + ".") == stuck.replace(" ", "") + "."
+    assert join_mask_particles("#Person1# 은 " * (LONG // 12)) == "#Person1#은 " * (LONG // 12)
+    # Repeats: 14,000 distinct words were cubic (4,000 took 16 s); repeats of one word or sentence collapse.
+    distinct = " ".join(f"단어{i}" for i in range(LONG // 7))
+    assert len(distinct.split()) > 4_000
+    assert collapse_repeats(distinct) == distinct
+    alternating = " ".join(f"가 나{i}" for i in range(LONG // 9))  # `가` recurs, never as a repeat
+    assert collapse_repeats(alternating) == alternating
+    assert collapse_repeats("가 " * (LONG // 2)) == "가"
+    assert collapse_repeats("집에 갔다. " * (LONG // 7)) == "집에 갔다."
+    assert collapse_repeats("#Person1#은 " + "이랑 " * (LONG // 3)) == "#Person1#은 이랑"
+    # Unfinished sentences: a run of dots was read once per dot (40,000 characters took 48 s).
+    dots = "." * LONG
+    assert cut_unfinished_sentence("가" + dots + "x") == "가" + dots + "x"  # no sentence end: unchanged
+    assert cut_unfinished_sentence("집에 갔다. " + dots + "x") == "집에 갔다."
+    assert cut_unfinished_sentence("집에 갔다" + dots + " 그리고") == "집에 갔다" + dots
+    runs = ("x" + "." * 1000 + " ") * (LONG // 1002)
+    assert sentences(runs) == runs.split()  # each run of dots ends a sentence
+    everything = PostprocessSettings(mask_spacing=True, collapse_repeats=True, cut_unfinished=True)
+    assert everything(stuck + "집. " + dots + "x") == stuck + "집."
+
+
+def test_collapse_keeps_one_copy_of_a_repeat_up_to_the_longest_looked_for() -> None:
+    from dsum.postprocess import MAX_REPEAT_WORDS
+
+    phrase = " ".join(f"w{i}" for i in range(MAX_REPEAT_WORDS))
+    assert collapse_repeats(f"{phrase} {phrase}.") == f"{phrase}."
+    longer = f"{phrase} w{MAX_REPEAT_WORDS}"
+    assert collapse_repeats(f"{longer} {longer}") == f"{longer} {longer}"  # beyond the bound: left as it is

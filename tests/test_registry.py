@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import types
@@ -284,3 +285,154 @@ def test_a_refused_promotion_is_reported_in_the_summary(tmp_path: Path) -> None:
     summary = summarize(tmp_path / "sweep", "s1", registry=tmp_path / "registry")
     assert summary["promoted"] is False and "holds NaN or infinite values" in summary["promotion_error"]
     assert not (tmp_path / "registry").exists()
+
+
+# --------------------------------------------------------------------------------------------- hostile inputs
+DAMAGES = {
+    "nan": lambda meta: json.dumps({**meta, "metric": {**meta["metric"], "value": math.nan}}),
+    "no_metric": lambda meta: json.dumps({k: v for k, v in meta.items() if k != "metric"}),
+    "not_a_number": lambda meta: json.dumps({**meta, "metric": {**meta["metric"], "value": "high"}}),
+    "invalid_json": lambda meta: json.dumps(meta)[:-7],
+}
+DAMAGE_MESSAGES = {"nan": r"metric\.value=nan is not finite", "no_metric": r"no metric\.value",
+                   "not_a_number": r"metric\.value='high' is not a number", "invalid_json": r"not valid JSON \("}
+
+
+def damage(version_dir: Path, how: str) -> Path:
+    """Overwrite a version's meta.json the way a hand edit, a bad tool or a cut-short write would."""
+    path = version_dir / "meta.json"
+    path.write_text(DAMAGES[how](json.loads(path.read_text())))
+    return path
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGES))
+def test_a_damaged_incumbent_is_replaced_by_a_valid_candidate(tmp_path: Path, how: str, capsys) -> None:
+    root = tmp_path / "registry"
+    promote_if_better(export(tmp_path / "a"), 40.0, KEY, root, {"run_id": "a"})
+    key_dir = root / KEY.slug()
+    path = damage(key_dir / "v1", how)
+    capsys.readouterr()
+    # Before the fix a NaN incumbent blocked every later promotion; the others raised a traceback.
+    promotion = promote_if_better(export(tmp_path / "b"), 10.0, KEY, root, {"run_id": "b"})
+    assert (promotion.promoted, promotion.version, promotion.incumbent) == (True, 2, None)
+    assert alias_version(key_dir) == 2 and current_best(key_dir)["replaced"] == 1
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and str(path) in warning[0] and "warning:" in warning[0]
+    assert re.search(DAMAGE_MESSAGES[how], warning[0]), warning[0]
+    # The new best is a normal incumbent again: a worse candidate loses to it.
+    assert promote_if_better(export(tmp_path / "c"), 5.0, KEY, root).promoted is False
+
+
+def test_a_best_alias_to_a_missing_version_is_replaced(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "registry"
+    promote_if_better(export(tmp_path / "a"), 40.0, KEY, root)
+    key_dir = root / KEY.slug()
+    reg._point_alias(key_dir, "best", 7)
+    assert promote_if_better(export(tmp_path / "b"), 10.0, KEY, root).version == 2
+    assert "v7: no such version" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGES))
+def test_damaged_meta_is_one_line_in_list_and_show(tmp_path: Path, how: str, capsys) -> None:
+    root = tmp_path / "registry"
+    for i, value in enumerate([30.0, 35.0]):
+        promote_if_better(export(tmp_path / f"m{i}", float(i)), value, KEY, root, {"run_id": f"m{i}"})
+    path = damage(root / KEY.slug() / "v1", how)
+    capsys.readouterr()
+    rows = registry_list(str(root))
+    listing = capsys.readouterr().out.splitlines()
+    assert rows[0]["versions"][1]["run_id"] == "m1" and rows[0]["versions"][0]["version"] == 1
+    damaged = [line for line in listing if "damaged:" in line]
+    assert len(damaged) == 1 and " v1  damaged: " in damaged[0] and str(path) in damaged[0]
+    assert re.search(DAMAGE_MESSAGES[how], damaged[0])
+    assert any("best -> v2  35.0000  run m1" in line for line in listing)
+    with pytest.raises(RegistryError, match=re.escape(str(path)) + ": " + DAMAGE_MESSAGES[how]):
+        registry_show(KEY.slug(), "v1", registry=str(root))
+    # An alias never moves to a version that cannot be compared with.
+    with pytest.raises(RegistryError, match=DAMAGE_MESSAGES[how]):
+        registry_rollback(KEY.slug(), "v1", registry=str(root))
+    assert alias_version(root / KEY.slug()) == 2
+
+
+def test_damaged_registry_files_are_one_line_errors_on_the_cli(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    promote_if_better(export(tmp_path / "a"), 30.0, KEY, root)
+    path = damage(root / KEY.slug() / "v1", "invalid_json")
+    cli = [sys.executable, "-m", "dsum.sweep", "registry"]
+    done = subprocess.run([*cli, "show", KEY.slug(), "best", "--registry", str(root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert re.fullmatch(rf"error: {re.escape(str(path))}: not valid JSON \(Expecting .*: line 1 column \d+\)", line)
+
+
+def test_the_sweep_summary_reports_a_damaged_registry_and_goes_on(tmp_path: Path) -> None:
+    dev = tmp_path / "dev.csv"
+    dev.write_bytes((SAMPLE / "dev.csv").read_bytes() + b"extra,row,x\n")
+    root = tmp_path / "models" / "registry"
+    fake_trial(tmp_path / "sweep", "a", 30.0, dev)
+    first = summarize(tmp_path / "sweep", "s1", registry=root)
+    key_dir = root / first["registry_key"]
+    # A damaged incumbent: the sweep's best replaces it (before the fix: "not promoted" for ever, or a traceback).
+    damage(key_dir / "v1", "nan")
+    fake_trial(tmp_path / "sweep2", "b", 20.0, dev)
+    second = summarize(tmp_path / "sweep2", "s1", registry=root)
+    assert (second["promoted"], second["registry_version"]) == (True, 2)
+    # A damaged key.json: reported in the summary, which is still written.
+    (key_dir / "key.json").write_text("{")
+    fake_trial(tmp_path / "sweep3", "c", 50.0, dev)
+    third = summarize(tmp_path / "sweep3", "s1", registry=root)
+    assert third["promoted"] is False and third["promotion_error"].startswith(f"{key_dir / 'key.json'}: not valid JSON")
+    assert (tmp_path / "sweep3" / "s1_summary.json").is_file()
+    # A generation sweep tuning a version whose meta.json is damaged: the summary names the problem, no traceback.
+    damage(key_dir / "v2", "invalid_json")
+    fake_trial(tmp_path / "gen", "g1", 36.5, dev, pretrained=str(key_dir / "best"), export_model=False)
+    gen = summarize(tmp_path / "gen", "s1", registry=root)
+    [tuned] = gen["tuned_models"]
+    assert tuned["version"] is None and "best/meta.json: not valid JSON" in tuned["error"]
+
+
+def tree(path: Path) -> set[Path]:
+    return set(path.rglob("*"))
+
+
+@pytest.mark.parametrize("key", ["../../x", "no_such_key", "..", ".", "", "<absolute>"])
+def test_rollback_and_show_refuse_unknown_keys_creating_nothing(tmp_path: Path, key: str) -> None:
+    root = tmp_path / "a" / "b" / "registry"
+    key = str(tmp_path / "abs") if key == "<absolute>" else key
+    promote_if_better(export(tmp_path / "m"), 30.0, KEY, root)
+    before = tree(tmp_path)
+    for command in (registry_rollback, registry_show):
+        with pytest.raises(RegistryError, match=rf"registry: no evaluation key {re.escape(repr(key))} \(keys: "
+                                                rf"{re.escape(KEY.slug())}\)"):
+            command(key, "v1", registry=str(root))
+    assert tree(tmp_path) == before
+    with pytest.raises(RegistryError, match=r"not an evaluation key of a registry \(no key\.json\)"):
+        move_alias(root / "nokey", 1)
+    assert not (root / "nokey").exists()
+
+
+@pytest.mark.parametrize("version", ["vabc", "v0", "-1", "v1.5", "latest"])
+def test_a_bad_version_names_the_valid_ones(tmp_path: Path, version: str) -> None:
+    root = tmp_path / "registry"
+    for i, value in enumerate([30.0, 35.0]):
+        promote_if_better(export(tmp_path / f"m{i}", float(i)), value, KEY, root)
+    for command in (registry_rollback, registry_show):
+        with pytest.raises(RegistryError, match=rf"bad version {re.escape(repr(version))}: use v<N> or <N> "
+                                                r"\(versions: v1, v2\)"):
+            command(KEY.slug(), version, registry=str(root))
+    assert alias_version(root / KEY.slug()) == 2
+
+
+def test_rollback_cli_refuses_a_bad_key_and_a_bad_version_in_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "b" / "registry"
+    promote_if_better(export(tmp_path / "m"), 30.0, KEY, root)
+    before = tree(tmp_path)
+    cli = [sys.executable, "-m", "dsum.sweep", "registry", "rollback"]
+    for args, line in [(["../../x", "v1"], f"error: {root}: no evaluation key '../../x' (keys: {KEY.slug()})"),
+                       ([KEY.slug(), "vabc"], f"error: {root / KEY.slug()}: bad version 'vabc': use v<N> or <N> "
+                                              "(versions: v1)")]:
+        done = subprocess.run([*cli, *args, "--registry", str(root)], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode != 0 and done.stderr.strip().splitlines() == [line], done.stderr
+    assert tree(tmp_path) == before

@@ -53,6 +53,8 @@ class BatchLog(L.Callback):
             return
         if self.how == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler: stop after this batch
+        elif self.how == "sigusr1":
+            os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's requeue warning (sbatch --signal=SIGUSR1@90)
         elif self.how == "kill":
             raise SimulatedKill()
 
@@ -159,6 +161,50 @@ def test_kill_then_resume_equals_uninterrupted(tiny_models, tmp_path, reference,
     # The work after the checkpoint is lost and done again; nothing else repeats.
     assert_same_run(first.batches[:saved_at] + second.batches, first.losses[:saved_at] + second.losses, run_dir,
                     reference)
+
+
+SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsum", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+@pytest.mark.slow
+def test_slurm_requeue_signal_then_requeued_job_equals_uninterrupted(tiny_models, tmp_path, reference,
+                                                                      monkeypatch, request) -> None:
+    """Under SLURM, Lightning's default SLURMEnvironment(auto_requeue=True) would save an hpc checkpoint inside the
+    signal handler, mid-step, and start the requeued job as a new run. dsum stops after the batch, writes
+    last.ckpt, requeues with `scontrol`, and the requeued job (same command line) resumes from last.ckpt."""
+    for name, value in SLURM_JOB.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    bin_dir = tmp_path / "bin"  # a fake scontrol that records its arguments
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    previous = signal.getsignal(signal.SIGUSR1)
+    request.addfinalizer(lambda: signal.signal(signal.SIGUSR1, previous))  # dsum takes it for the process
+
+    run_dir = tmp_path / "run"
+    stop = EPOCH_BATCHES + 2
+    first = BatchLog(stop_at=stop, how="sigusr1")
+    with pytest.raises(SIGTERMException):
+        fit(tiny_models["bart"], run_dir, first)
+    assert len(first.batches) == stop
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning's handler never ran
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["history"][-1]["signal"] == "SLURM requeue signal"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == stop
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job: the same command, no --ckpt_path
+    second = BatchLog()
+    cli = fit(tiny_models["bart"], run_dir, second)
+    assert cli.trainer.global_step == EPOCHS * EPOCH_BATCHES
+    assert_same_run(first.batches + second.batches, first.losses + second.losses, run_dir, reference)
+    resumed = json.loads((run_dir / "run.json").read_text())
+    assert resumed["run_id"] == record["run_id"] and resumed["status"] == "completed"
+    assert resumed["history"][-1]["resumed_from"]["global_step"] == stop
 
 
 def test_last_checkpoint_written_every_epoch_and_step_interval(tiny_models, tmp_path) -> None:

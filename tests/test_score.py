@@ -177,3 +177,53 @@ def test_empty_predictions_score_zero_with_a_warning(tmp_path: Path, capsys: pyt
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rouge_mean"] == pytest.approx(50.0)
     assert "1 empty prediction(s)" in captured.err
+
+
+def test_nan_like_references_are_not_scored_against_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gold = tmp_path / "gold.csv"
+    pd.DataFrame(
+        {
+            "fname": ["a", "b", "c"],
+            "summary": ["오늘 날씨가 좋다", "NaN", "내일 비가 온다"],
+            "summary1": ["nan", "두 사람이 만난다", "N/A"],
+            "summary2": ["", "None", " null "],
+        }
+    ).to_csv(gold, index=False)
+    pred = tmp_path / "pred.csv"
+    pd.DataFrame({"fname": ["a", "b", "c"], "summary": ["오늘 날씨가 좋다", "두 사람이 만난다", "내일 비가 온다"]}).to_csv(
+        pred, index=False
+    )
+    main(["--pred", str(pred), "--gold", str(gold), "--tokenizer", "whitespace"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rouge_mean"] == 100.0  # each prediction against its one real reference
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 3
+    assert f"warning: {gold}: 1 'summary' value(s) like NaN or N/A (data rows 2)" in warnings[0]
+    assert f"warning: {gold}: 2 'summary1' value(s) like NaN or N/A (data rows 1, 3)" in warnings[1]
+    assert f"warning: {gold}: 2 'summary2' value(s) like NaN or N/A (data rows 2, 3)" in warnings[2]
+
+
+def test_a_row_with_no_real_reference_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gold = tmp_path / "gold.csv"
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["요약", "N/A"], "summary1": ["", "nan"]}).to_csv(gold, index=False)
+    message = _fails(capsys, "--pred", str(gold), "--gold", str(gold), "--tokenizer", "whitespace")
+    assert f"{gold}: no reference left in data rows 2" in message
+    assert "summary, summary1" in message
+
+
+def test_the_output_has_mask_fidelity_and_length_ratio(tmp_path: Path) -> None:
+    gold = tmp_path / "gold.csv"
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["#Person1#이 #Person2#에게 말한다.", "#Person2#가 간다."]}
+                 ).to_csv(gold, index=False)
+    pred = tmp_path / "pred.csv"
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["#Person1#이 말한다.", "#Person1#이 #Email#로 간다."]}
+                 ).to_csv(pred, index=False)
+    result = score_files(pred, gold, tokenizer="whitespace")
+    # Predicted 1 + 2 masks, of which 1 is right; the references hold 2 + 1.
+    assert result["mask_precision"] == pytest.approx(1 / 3) and result["mask_recall"] == pytest.approx(1 / 3)
+    assert result["mask_f1"] == pytest.approx(1 / 3)
+    chars = lambda texts: sum(len(t.replace(" ", "")) for t in texts)  # noqa: E731
+    assert result["length_ratio"] == pytest.approx(
+        chars(["#Person1#이 말한다.", "#Person1#이 #Email#로 간다."]) / chars(["#Person1#이 #Person2#에게 말한다.", "#Person2#가 간다."]))

@@ -417,6 +417,44 @@ def test_consecutive_failures_stop_the_sweep_naming_the_last_log(in_tmp) -> None
     assert (in_tmp / "outputs" / "sweep_fake" / f"{local_study_id(path)}_summary.json").is_file()
 
 
+def test_a_sweep_whose_every_trial_fails_stops_naming_a_log(in_tmp) -> None:
+    # Two failures stay under max_consecutive_failures=3: before the fix the sweep ended quietly with `runs: 0`.
+    path = write_sweep(in_tmp, {"data.source_prefix": {"value": "crash"}, "learning_rate": {"values": [0.1, 0.2]}})
+    with pytest.raises(SweepStopped) as stopped:
+        run_local(path)
+
+    trials = sorted(load_study(in_tmp, path).get_trials(), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    last_log = trials[1].user_attrs["log_file"]
+    assert str(stopped.value.code) == f"dsum: sweep fake stopped: all 2 trials failed; last trial's log: {last_log}"
+    assert "simulated crash" in Path(last_log).read_text()
+    summary = json.loads((in_tmp / "outputs" / "sweep_fake" / f"{local_study_id(path)}_summary.json").read_text())
+    assert summary["runs"] == 0 and summary["stop_reason"].startswith("all 2 trials failed")
+    # One success among failures is not a failed sweep.
+    (in_tmp / "mixed").mkdir()
+    mixed = write_sweep(in_tmp / "mixed", {"data.source_prefix": {"values": ["crash", "ok"]},
+                                           "learning_rate": {"value": 0.1}}, name="mixed")
+    assert run_local(mixed)["states"] == {"completed": 1}
+
+
+def test_local_cli_exits_non_zero_when_every_trial_fails(in_tmp) -> None:
+    """As a user runs it, with the real main.py: a value every trial shares fails when main.py parses its config
+    (as a bad ``lora.r`` does), so no model is built. Before the fix: exit 0, ``runs: 0``."""
+    sweep = load_sweep(REPO / "sweeps" / "quick.yaml")
+    sweep["program"] = str(REPO / sweep["program"])
+    sweep["command"][sweep["command"].index("configs/quickstart.yaml")] = str(REPO / "configs" / "quickstart.yaml")
+    sweep["parameters"] = {"learning_rate": {"value": 1e-3}, "trainer.precision": {"value": "no-such-precision"}}
+    path = in_tmp / "quick.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "dsum.sweep", "local", str(path), "--count", "1"], cwd=in_tmp,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode != 0, done.stdout + done.stderr
+    [log] = (in_tmp / "outputs" / "sweep_quick" / "logs").glob("*.log")
+    assert "no-such-precision" in log.read_text()
+    assert done.stderr.strip().splitlines() == [
+        f"dsum: sweep quick stopped: all 1 trial failed; last trial's log: {log}"]
+
+
 # ------------------------------------------------------------------------------------------- pruning
 def test_wandb_hyperband_rule() -> None:
     assert hyperband_bands({"type": "hyperband", "min_iter": 3})[:3] == [3, 9, 27]

@@ -370,7 +370,9 @@ def test_rules_log_on_rank_zero_only(capsys: pytest.CaptureFixture[str], monkeyp
     argv = ["--config", QUICK, "--encoder_max_len=2048"]
     first = resolved(argv)
     assert "dsum.sweep: data.encoder_max_len=2048 > 1024" in capsys.readouterr().err
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    from lightning.pytorch.utilities import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # what Lightning reads from RANK/LOCAL_RANK/SLURM_PROCID
     assert resolved(argv) == first
     assert "dsum.sweep:" not in capsys.readouterr().err
 

@@ -13,6 +13,25 @@ from dsum.callbacks.record import find_run_record
 DIVERGED = "diverged"
 
 
+def _skip_optimizer_step(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
+    """Makes the coming optimizer step leave the weights unchanged.
+
+    Without a gradient scaler, or when the scaler has already unscaled (and so checked) the gradients, the
+    gradients are dropped: AdamW and Adafactor leave a parameter without a gradient alone. A fused optimizer
+    under ``16-mixed`` unscales inside its own step, so Lightning has not unscaled and ``scaler.update()``
+    needs the check that ``scaler.step`` runs on the gradients: they are set to NaN, which makes that check
+    skip the step (and lower the loss scale, as for any overflow).
+    """
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.fill_(float("nan"))
+        return
+    optimizer.zero_grad(set_to_none=True)
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite (more often than ``divergence.max_nonfinite_steps`` allows)."""
 
@@ -48,7 +67,7 @@ class NonFiniteLossGuard(L.Callback):
         step = trainer.global_step
         if self.skipped < self.max_nonfinite_steps:
             self.skipped += 1
-            optimizer.zero_grad(set_to_none=True)  # AdamW/Adafactor leave a parameter without a gradient alone
+            _skip_optimizer_step(trainer, optimizer)
             rank_zero_warn(f"dsum: non-finite train/loss at step {step}; step skipped, weights unchanged "
                            f"({self.skipped} of divergence.max_nonfinite_steps={self.max_nonfinite_steps})")
             return

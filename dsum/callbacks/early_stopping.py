@@ -7,6 +7,8 @@ from typing import Any
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import EarlyStopping
 
+from dsum.constants import MONITOR
+
 
 class OptionalEarlyStopping(EarlyStopping):
     """Early stopping on ``monitor`` that is off unless ``patience`` is set.
@@ -18,7 +20,7 @@ class OptionalEarlyStopping(EarlyStopping):
         min_delta: Smallest change that counts as an improvement.
     """
 
-    def __init__(self, monitor: str = "val/rouge_mean", mode: str = "max", patience: int | None = None,
+    def __init__(self, monitor: str = MONITOR, mode: str = "max", patience: int | None = None,
                  min_delta: float = 0.0) -> None:
         super().__init__(monitor=monitor, mode=mode, patience=patience or 0, min_delta=min_delta)
         self.enabled = patience is not None

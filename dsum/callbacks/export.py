@@ -27,6 +27,11 @@ class BestModelExport(L.Callback):
 
     def __init__(self, export_best: bool = True) -> None:
         self.export_best = export_best
+        self.validated = False  # a validation ran in this fit (sanity checks do not count)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validated = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero:  # what an export killed in an earlier run of this directory left behind
@@ -38,6 +43,15 @@ class BestModelExport(L.Callback):
         record = find_run_record(trainer)
         if record is not None and record.record.get("status") == "failed":
             return  # a failed (e.g. diverged) run is never exported, so never promoted
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if not self.validated and not (best and Path(best).is_file()):
+            message = (f"no validation ran in this fit (it ended at step {trainer.global_step}, before the first "
+                       f"one), so nothing was exported; validate more often (trainer.val_check_interval, "
+                       f"trainer.check_val_every_n_epoch) or train longer")
+            rank_zero_warn(f"dsum: {message}")
+            if record is not None:
+                record.update(trainer, best_model=None, export_skipped=message)
+            return
         path = self.export(trainer, pl_module)
         if record is not None:
             record.update(trainer, best_model=str(path) if path else None)

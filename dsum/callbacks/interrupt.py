@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
+from types import FrameType
 
 import lightning.pytorch as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dsum.callbacks.record import find_run_record
@@ -29,15 +33,71 @@ def requeue_on_sigterm(environ: dict[str, str] | None = None) -> bool:
     return not env.get("WANDB_SWEEP_ID")
 
 
+class _RequeueState:
+    """SLURM's requeue signal, owned by dsum for the whole process (see :func:`take_slurm_requeue_signal`)."""
+
+    asked = False  # the signal arrived
+    trainer: L.Trainer | None = None  # the trainer that is fitting, if any
+
+
+def _on_requeue_signal(signum: int, frame: FrameType | None) -> None:
+    # Only a flag, nothing collective: Lightning's per-step check broadcasts rank 0's flag at the same point on
+    # every rank and raises SIGTERMException everywhere (a collective from inside a signal handler could pair
+    # with another rank's gradient all-reduce under NCCL and hang).
+    _RequeueState.asked = True
+    if _RequeueState.trainer is not None:
+        _RequeueState.trainer._signal_connector.received_sigterm = True
+
+
+def take_slurm_requeue_signal(requeue_signal: signal.Signals = signal.SIGUSR1) -> bool:
+    """Under SLURM, handle its requeue warning (``sbatch --signal=SIGUSR1@120``) for the whole process, from model
+    loading on: Lightning then leaves the signal alone (it registers its own handler only where none is set), so
+    its handler, which saves an ``hpc_ckpt`` from inside the signal handler mid-step and makes the requeued job a
+    new run, never runs. During ``fit`` the run stops after the current batch (:class:`InterruptHandler`).
+    Returns whether the handler was installed."""
+    _RequeueState.asked = False  # a new run: an earlier run's signal in this process is not this one's
+    if not SLURMEnvironment.detect():
+        return False
+    signal.signal(requeue_signal, _on_requeue_signal)
+    return True
+
+
+def slurm_job_id(environ: dict[str, str] | None = None) -> str | None:
+    """The job ``scontrol requeue`` takes: ``<array job>_<task>`` for an array task, else ``SLURM_JOB_ID``."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    return env.get("SLURM_JOB_ID")
+
+
 class InterruptHandler(L.Callback):
-    """On SIGTERM (a wandb agent stopping the run, hyperband, a preempted node) or Ctrl+C during ``fit``: rank 0
-    writes ``checkpoints/last.ckpt``, the W&B run is finished (marked preempting when :func:`requeue_on_sigterm`),
-    and the run record says ``interrupted``. ``main.py`` then exits 143."""
+    """On SIGTERM (a wandb agent stopping the run, hyperband, a preempted node), Ctrl+C, or SLURM's requeue signal
+    during ``fit``: rank 0 writes ``checkpoints/last.ckpt``, the W&B run is finished (marked preempting when
+    :func:`requeue_on_sigterm`), and the run record says ``interrupted``. ``main.py`` then exits 143.
+
+    Under SLURM the requeue signal (:func:`take_slurm_requeue_signal`) takes the same path: the run stops after the
+    current batch on every rank, writes ``last.ckpt``, then rank 0 calls ``scontrol requeue``. The requeued job
+    resumes from ``last.ckpt`` by itself (``DsumCLI``), exactly.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _RequeueState.trainer = trainer
+        if _RequeueState.asked:  # the signal came while the model loaded or the sanity check ran
+            trainer._signal_connector.received_sigterm = True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        _RequeueState.trainer = None
+        _RequeueState.asked = False  # outside `fit` the signal is ignored
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
+        _RequeueState.trainer = None
+        requeue = _RequeueState.asked and isinstance(exception, SIGTERMException)
+        _RequeueState.asked = False
         signal_name = "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
+        if requeue:
+            signal_name = "SLURM requeue signal"
         fitting = trainer.state.fn is not None and trainer.state.fn.value == "fit"
         last = self.save_last_checkpoint(trainer) if fitting else None
         self.finish_wandb(trainer, preempted=requeue_on_sigterm())
@@ -49,6 +109,26 @@ class InterruptHandler(L.Callback):
                               **({"last_checkpoint": str(last)} if last else {}))
         rank_zero_info(f"dsum: {signal_name} received; run marked interrupted"
                        + (f", resume with --ckpt_path last ({last})" if last else ""))
+        if requeue and trainer.is_global_zero:
+            self.requeue_job()
+
+    @staticmethod
+    def requeue_job() -> None:
+        """``scontrol requeue <job>``: SLURM stops this job and queues it again (no shell)."""
+        job = slurm_job_id()
+        if not job:
+            rank_zero_warn("dsum: SLURM requeue signal without SLURM_JOB_ID; not requeued")
+            return
+        try:
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            rank_zero_warn(f"dsum: scontrol requeue {job} failed ({error}); resubmit the job to resume")
+            return
+        if done.returncode == 0:
+            rank_zero_info(f"dsum: SLURM job {job} requeued; it resumes from last.ckpt")
+        else:
+            rank_zero_warn(f"dsum: scontrol requeue {job} failed (exit {done.returncode}: {done.stderr.strip()}); "
+                           "resubmit the job to resume")
 
     @staticmethod
     def save_last_checkpoint(trainer: L.Trainer) -> Path | None:

@@ -11,9 +11,10 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from dsum.constants import MONITOR
 from dsum.files import atomic_write_json, read_json
 from dsum.secrets import redact, redact_text
 
@@ -125,7 +126,7 @@ class RunRecord(L.Callback):
                 "mode": os.environ.get("WANDB_MODE", "online"),
             },
             "sweep_params": sweep_params or previous.get("sweep_params", {}),
-            "monitor": getattr(checkpoint, "monitor", None) or "val/rouge_mean",
+            "monitor": getattr(checkpoint, "monitor", None) or MONITOR,
             "command": [sys.executable, *sys.argv],
             "world_size": trainer.world_size,
             "history": [*previous.get("history", []), {"stage": stage, "status": "running", "started_at": now()}],
@@ -179,6 +180,7 @@ class RunRecord(L.Callback):
         self._record_metrics(trainer, "test/")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record_effective_batch(trainer)
         if trainer.ckpt_path:
             # Resumed: what the record counted after the checkpoint's step was lost with the process.
             kept = [h for h in self.record.get("metrics_history", []) if h["step"] <= trainer.global_step]
@@ -186,6 +188,20 @@ class RunRecord(L.Callback):
                                                           "global_step": trainer.global_step}
             self.update(trainer, metrics_history=kept, global_step=trainer.global_step,
                         best_metric=self._best(trainer, kept))
+
+    def _record_effective_batch(self, trainer: L.Trainer) -> None:
+        """Records the examples per optimizer step (per-device batch x accumulation x devices), and says it when
+        several devices train: DDP multiplies the batch while the learning rate stays as configured."""
+        data = trainer.datamodule
+        batch = None if getattr(data, "batching", None) == "token_budget" else getattr(data, "batch_size", None)
+        if batch is None:
+            return  # token_budget batches vary in size
+        effective = batch * trainer.accumulate_grad_batches * trainer.world_size
+        self.update(trainer, effective_batch_size=effective)
+        if trainer.world_size > 1:
+            rank_zero_info(f"dsum: {trainer.world_size} devices: effective batch size {effective} = data.batch_size "
+                           f"{batch} x trainer.accumulate_grad_batches {trainer.accumulate_grad_batches} x "
+                           f"{trainer.world_size} devices (model.learning_rate is not scaled)")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:

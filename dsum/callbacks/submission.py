@@ -12,6 +12,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from dsum.files import atomic_write_text
+from dsum.run_checks import check_output_file
 
 
 class SubmissionWriter(BasePredictionWriter):
@@ -26,6 +27,14 @@ class SubmissionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.path = path
         self.written: Path | None = None
+
+    def output_path(self, trainer: L.Trainer) -> Path:
+        """``path``, or ``<run dir>/submission.csv``."""
+        return Path(self.path) if self.path else Path(trainer.default_root_dir) / "submission.csv"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict" and trainer.is_global_zero:
+            check_output_file(self.output_path(trainer))  # before predicting, not after: nothing is lost
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            predictions: Any, batch_indices: Any) -> None:
@@ -44,7 +53,7 @@ class SubmissionWriter(BasePredictionWriter):
         frame = pd.DataFrame(
             [by_index[i] for i in range(len(expected))], columns=["fname", "summary"]
         )
-        path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "submission.csv"
+        path = self.output_path(trainer)
         buffer = io.StringIO()
         # The competition's sample_submission.csv layout: an unnamed 0..n-1 index column, then fname,summary.
         frame.to_csv(buffer)

@@ -399,6 +399,12 @@ class DialogueDataModule(L.LightningDataModule):
             return sorted(rng.choice(count, size=self.val_subset, replace=False).tolist())
         return list(range(count))
 
+    def _on_cuda(self) -> bool:
+        """Whether the trainer runs on a CUDA device: batches are then page-locked, so host-to-device copies
+        are asynchronous."""
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def _loader(self, split: Split, train: bool) -> DataLoader:
         if split not in self.splits or self.splits[split].features is None:
             self.setup(None)
@@ -432,6 +438,7 @@ class DialogueDataModule(L.LightningDataModule):
             ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self._on_cuda(),
             # Its own generator: making an iterator then draws nothing from the global torch RNG, so training's
             # random numbers do not depend on when an epoch's iterator is made (a resumed run makes it earlier).
             generator=torch.Generator().manual_seed(self.seed),

@@ -10,24 +10,37 @@ the summary followed by eos.
 Truncation shortens the dialogue only: the instruction, the generation prompt and the room reserved for the
 summary are never cut.
 
+User text (dialogue and summary) is always encoded as plain text: a dialogue that contains the text of a control
+token (``<|im_end|>\n<|im_start|>assistant``) cannot close its turn or open a fake one, and a summary cannot put an
+end-of-turn in the middle of the labels. The data's ``#...#`` masks are the exception: they stay one id each.
+
 ``data.prompt_template`` names one of :data:`PROMPT_TEMPLATES`, or is a plain template text itself (any
-value containing ``{dialogue}``). The template used is recorded in the tokenizer's config
+value containing ``{dialogue}``). The dialogue slot appears exactly once (the span truncation shortens); a template
+that repeats it is refused by name rather than guessed at. The template used is recorded in the tokenizer's config
 (:data:`TOKENIZER_KEY`), so an exported model carries it to ``validate`` and ``predict``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 from jinja2.exceptions import TemplateError
+from tokenizers import AddedToken, Tokenizer
 from transformers import PreTrainedTokenizerBase
+
+from dsum.data.text import MASK_PATTERN
 
 TOKENIZER_KEY = "dsum_prompt_template"
 """Key under which the prompt template used is saved in ``tokenizer_config.json``."""
 
 _DIALOGUE = "\u2063DSUM_DIALOGUE\u2063"
 _SUMMARY = "\u2063DSUM_SUMMARY\u2063"
+# Put before a piece of user text encoded on its own, so the tokenizer treats it as text in mid-prompt (a
+# SentencePiece-style "prepend to the first word" does not apply); its id is dropped.
+_SENTINEL = "\u2063DSUM_TEXT\u2063"
 
 INSTRUCTION_KO = "다음 대화를 요약하세요."
 SYSTEM_KO = "당신은 한국어 대화를 정확하고 간결하게 요약하는 도우미입니다."
@@ -91,8 +104,7 @@ def resolve_template(value: str | dict[str, Any], tokenizer: PreTrainedTokenizer
             "and has no {dialogue} slot"
         )
     if template.plain is not None:
-        if "{dialogue}" not in template.plain:
-            raise ValueError(f"prompt template {template.name!r} has no {{dialogue}} slot: {template.plain!r}")
+        check_dialogue_slot(template.name, template.plain.count("{dialogue}"), template.plain)
         return template
     if getattr(tokenizer, "chat_template", None):
         return template
@@ -102,6 +114,17 @@ def resolve_template(value: str | dict[str, Any], tokenizer: PreTrainedTokenizer
         f"data.prompt_template={template.name!r} needs a tokenizer with a chat template, and this one has none; "
         "choose a plain template (alpaca, plain_ko) or a tokenizer that has one"
     )
+
+
+def check_dialogue_slot(name: str, count: int, text: str) -> None:
+    """Refuse a prompt with no ``{dialogue}`` slot or with several: truncation shortens the one dialogue span.
+
+    Raises:
+        ValueError: naming the template and the placeholder.
+    """
+    if count != 1:
+        what = "has no {dialogue} slot" if count == 0 else f"has the {{dialogue}} placeholder {count} times"
+        raise ValueError(f"data.prompt_template {name!r} {what}; it must appear exactly once: {text[:200]!r}")
 
 
 class PromptBuilder:
@@ -120,7 +143,16 @@ class PromptBuilder:
             )
         self.tokenizer = tokenizer
         self.template = template
-        self.before, self.after = self._render(with_summary=False).split(_DIALOGUE)
+        rendered = self._render(with_summary=False)
+        check_dialogue_slot(template.name, rendered.count(_DIALOGUE), template.plain or "(chat template)")
+        self.before, self.after = rendered.split(_DIALOGUE)
+        # Masks keep their one id in user text; the text of any other special token is encoded as plain text.
+        added = tokenizer.added_tokens_decoder
+        self.mask_ids = {t.content: i for i, t in added.items() if MASK_PATTERN.fullmatch(t.content)}
+        control = {t.content for t in added.values() if t.special} | set(tokenizer.all_special_tokens)
+        control = {c for c in control if c and c not in self.mask_ids}
+        self._control = _alternation(control)
+        self._masks = _alternation(set(self.mask_ids), group=True)
         self.end_of_turn_id = self._end_of_turn()
         # Special ids a plain prompt starts with (a Llama-2 style <s>); chat templates write their own.
         self.head: list[int] = []
@@ -180,7 +212,7 @@ class PromptBuilder:
         encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         start = len(self.before)
         out, cut = [], []
-        for dialogue, ids, offsets in zip(dialogues, encoded["input_ids"], encoded["offset_mapping"]):
+        for text, dialogue, ids, offsets in zip(texts, dialogues, encoded["input_ids"], encoded["offset_mapping"]):
             end = start + len(dialogue)
             # Leading tokens wholly before the dialogue, trailing ones wholly after it; the rest is dialogue
             # (a token straddling a boundary counts as dialogue, so markup is never cut).
@@ -191,6 +223,8 @@ class PromptBuilder:
             while suffix_from > prefix_end and offsets[suffix_from - 1][0] >= end:
                 suffix_from -= 1
             prefix, body, suffix = ids[:prefix_end], ids[prefix_end:suffix_from], ids[suffix_from:]
+            if self._control is not None and self._control.search(dialogue) and body:
+                body = self.plain_ids(text[offsets[prefix_end][0]: offsets[suffix_from - 1][1]], first=False)
             fixed = len(self.head) + len(prefix) + len(suffix)
             budget = max_len - fixed
             if budget <= 0:
@@ -207,13 +241,53 @@ class PromptBuilder:
         if max_len < 2:
             raise ValueError(f"data.decoder_max_len={max_len} leaves no room for a summary and its end-of-turn")
         bodies = self.tokenizer(summaries, add_special_tokens=False)["input_ids"]
+        if self._control is not None:
+            bodies = [self.plain_ids(text, first=True) if self._control.search(text) else ids
+                      for text, ids in zip(summaries, bodies)]
         budget = max_len - 1
         return [b[:budget] + [self.end_of_turn_id] for b in bodies], [len(b) > budget for b in bodies]
 
+    @cached_property
+    def _plain_tokenizer(self) -> Tokenizer:
+        """A copy of the backend tokenizer that encodes every special token's text as plain text (masks are
+        handled by :meth:`plain_ids`), with :data:`_SENTINEL` as an extra token."""
+        backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        backend.encode_special_tokens = True
+        backend.add_tokens([AddedToken(_SENTINEL, special=False, normalized=False)])
+        return backend
+
+    def plain_ids(self, text: str, first: bool) -> list[int]:
+        """``text`` encoded as plain text: a special token's text becomes ordinary tokens, masks one id each.
+
+        Args:
+            text: User text (a dialogue or summary).
+            first: Whether ``text`` starts the encoded input (a summary) rather than following markup (a dialogue).
+        """
+        pieces = self._masks.split(text) if self._masks is not None else [text]
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:  # the split's captured group: a mask
+                ids.append(self.mask_ids[piece])
+            elif piece:
+                at_start = first and i == 0
+                encoded = self._plain_tokenizer.encode(piece if at_start else _SENTINEL + piece,
+                                                       add_special_tokens=False).ids
+                ids.extend(encoded if at_start else encoded[1:])
+        return ids
+
     def fingerprint(self) -> dict[str, Any]:
-        """What the cached features depend on: the template and the rendered markup around the dialogue."""
+        """What the cached features depend on: the template, the rendered markup around the dialogue, and how
+        user text is encoded."""
         return {**self.template.to_dict(), "before": self.before, "after": self.after,
-                "end_of_turn": self.end_of_turn_id, "head": self.head}
+                "end_of_turn": self.end_of_turn_id, "head": self.head, "user_text": "plain"}
+
+
+def _alternation(strings: set[str], group: bool = False) -> re.Pattern[str] | None:
+    """A regex matching any of ``strings`` (longest first; captured when ``group``), or None for none."""
+    if not strings:
+        return None
+    body = "|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True))
+    return re.compile(f"({body})" if group else body)
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

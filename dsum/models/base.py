@@ -17,6 +17,9 @@ from torchmetrics import MaxMetric
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.optimization import Adafactor, get_scheduler
 
+from dsum.constants import MONITOR
+from dsum.fidelity import FidelityMetrics
+from dsum.models.inference_settings import save_inference_settings
 from dsum.metrics import KoreanRouge, PooledMean, ReferenceRule, TokenizerName
 from dsum.postprocess import PostprocessSettings
 from dsum.secrets import redact
@@ -85,7 +88,8 @@ class InputLayout:
 
 class EvalMetrics(torch.nn.Module):
     """One evaluation stage's metrics: ``loss`` (per summary token), ``gen_len`` (generated tokens per
-    example) and ``rouge`` (:class:`~dsum.metrics.KoreanRouge`), each de-duplicated by dataset index.
+    example), ``rouge`` (:class:`~dsum.metrics.KoreanRouge`) and ``fidelity`` (mask precision, recall, F1 and
+    length ratio: :mod:`dsum.fidelity`), each de-duplicated by dataset index.
 
     Args:
         rouge_tokenizer: ROUGE tokenizer name (``mecab``, ``kiwi`` or ``whitespace``).
@@ -97,15 +101,17 @@ class EvalMetrics(torch.nn.Module):
         self.loss = PooledMean()
         self.gen_len = PooledMean()
         self.rouge = KoreanRouge(tokenizer=rouge_tokenizer, references=rouge_references)
+        self.fidelity = FidelityMetrics()
 
     def compute(self) -> dict[str, float]:
-        """``loss``, ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean`` and ``gen_len``, synced across ranks."""
+        """``loss``, ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean``, ``gen_len``, ``mask_precision``,
+        ``mask_recall``, ``mask_f1`` and ``length_ratio``, synced across ranks."""
         scores = self.rouge.compute()
         return {"loss": self.loss.compute(), **{k: float(scores[k]) for k in ROUGE_KEYS},
-                "gen_len": self.gen_len.compute()}
+                "gen_len": self.gen_len.compute(), **self.fidelity.compute()}
 
     def reset(self) -> None:
-        for metric in (self.loss, self.gen_len, self.rouge):
+        for metric in (self.loss, self.gen_len, self.rouge, self.fidelity):
             metric.reset()
 
 
@@ -176,12 +182,9 @@ class SummarizerBase(L.LightningModule, ABC):
         )
         self.generation = generation
         self.remove_tokens = list(remove_tokens)
-        # from_pretrained returns eval mode; Lightning keeps module modes, so dropout would stay off.
-        self.model = self.load_model(pretrained, trust_remote_code).train()
-        if self.model.get_input_embeddings().num_embeddings < len(self.tokenizer):
-            # The data's masks were added to the tokenizer; give them embedding rows.
-            self.model.resize_token_embeddings(len(self.tokenizer))
-        self.model.generation_config = self.generation_config()
+        self._pretrained, self._trust_remote_code = pretrained, trust_remote_code
+        self.setup_model()
+        self.input_layout = input_layout  # saved with exports (dsum_inference.json)
         if input_layout is not None:
             self.check_layout(input_layout)
         # Evaluation metrics per stage; each counts an example once, also when DDP repeats it on two ranks.
@@ -209,6 +212,20 @@ class SummarizerBase(L.LightningModule, ABC):
             if not ok:
                 raise ValueError(f"{key}={value} is out of range")
 
+    def setup_model(self) -> None:
+        """Load the model (``self.model``) in training mode, with embedding rows for the tokenizer's added masks and
+        this run's generation config."""
+        # from_pretrained returns eval mode; Lightning keeps module modes, so dropout would stay off.
+        self.model = self.load_model(self._pretrained, self._trust_remote_code).train()
+        if self.model.get_input_embeddings().num_embeddings < len(self.tokenizer):
+            # The data's masks were added to the tokenizer; give them embedding rows.
+            self.model.resize_token_embeddings(len(self.tokenizer))
+        self.model.generation_config = self.generation_config()
+
+    def model_config(self) -> Any:
+        """The Hugging Face config of the model."""
+        return self.model.config
+
     # ------------------------------------------------------------------------- family specifics
     @abstractmethod
     def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
@@ -225,9 +242,15 @@ class SummarizerBase(L.LightningModule, ABC):
         """Generated summary token ids (continuation only, padded with the pad id) for one batch."""
 
     def loading_kwargs(self) -> dict[str, Any]:
-        """Extra ``from_pretrained`` arguments of this run's settings (``attn_implementation`` when set)."""
+        """Extra ``from_pretrained`` arguments of this run's settings: float32 weights, and ``attn_implementation``
+        when set.
+
+        Every weight is trained, so every weight is loaded in float32, whatever dtype the checkpoint was saved in
+        (transformers 5 would keep a bf16/fp16 checkpoint's): mixed precision casts the computation, the optimizer
+        needs float32 weights (a bf16 weight rounds small updates away; fp16 gradients cannot be unscaled).
+        """
         attention = self.hparams.get("attn_implementation")
-        return {"attn_implementation": attention} if attention else {}
+        return {"dtype": torch.float32, **({"attn_implementation": attention} if attention else {})}
 
     def _generate(self, batch: dict[str, Any]) -> torch.Tensor:
         """:meth:`generate_ids`, with compiled layers run eagerly: each decoding step's longer cache would
@@ -265,7 +288,7 @@ class SummarizerBase(L.LightningModule, ABC):
 
     def position_limit(self) -> int | None:
         """Longest input the model's position embeddings allow, or None when unbounded (T5)."""
-        config = self.model.config
+        config = self.model_config()
         if getattr(config, "relative_attention_num_buckets", None):
             return None  # T5-style relative positions; a legacy `n_positions` in the config is no limit
         for name in ("max_position_embeddings", "n_positions"):
@@ -346,7 +369,9 @@ class SummarizerBase(L.LightningModule, ABC):
         metrics.loss.update(totals, batch["index"], counts)
         generated = self._generate(batch)
         metrics.gen_len.update((generated != self.tokenizer.pad_token_id).sum(dim=1), batch["index"])
-        metrics.rouge.update(self.decode(generated), batch["references"], batch["index"])
+        summaries = self.decode(generated)
+        metrics.rouge.update(summaries, batch["references"], batch["index"])
+        metrics.fidelity.update(summaries, batch["references"], batch["index"])
 
     def _log_eval(self, prefix: str, metrics: EvalMetrics) -> dict[str, float]:
         values = {f"{prefix}/{name}": value for name, value in metrics.compute().items()}
@@ -365,7 +390,7 @@ class SummarizerBase(L.LightningModule, ABC):
             self.val_metrics.reset()
             return
         values = self._log_eval("val", self.val_metrics)
-        self.val_rouge_best.update(values["val/rouge_mean"])
+        self.val_rouge_best.update(values[MONITOR])
         self.log("val/rouge_mean_best", self.val_rouge_best.compute())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -385,23 +410,36 @@ class SummarizerBase(L.LightningModule, ABC):
         return list(zip(batch["index"].tolist(), batch["fname"], summaries))
 
     # ------------------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        decay, no_decay = [], []
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters in two groups: with weight decay, and without (biases and norms). Each group
+        also lists its parameters' ``names`` (dropped before the optimizer sees them)."""
+        decay: dict[str, list] = {"params": [], "names": []}
+        no_decay: dict[str, list] = {"params": [], "names": []}
         for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if param.requires_grad:
+                target = no_decay if param.ndim < 2 or "norm" in name.lower() else decay
+                target["params"].append(param)
+                target["names"].append(name)
+        return [{**decay, "weight_decay": self.hparams.weight_decay}, {**no_decay, "weight_decay": 0.0}]
+
+    def build_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """``model.optimizer`` over ``groups``: AdamW (the fused kernel where Lightning allows it) or Adafactor."""
+        hp = self.hparams
         if hp.optimizer == "adafactor":
-            optimizer = Adafactor(groups, lr=hp.learning_rate, scale_parameter=False, relative_step=False,
-                                  warmup_init=False)
-        else:
-            try:
-                # The fused kernel (CPU and CUDA) does the whole update in one pass: HF v5's default too.
-                optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, fused=self._can_fuse_optimizer())
-            except (RuntimeError, ValueError):
-                optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
+            return Adafactor(groups, lr=hp.learning_rate, scale_parameter=False, relative_step=False,
+                             warmup_init=False)
+        try:
+            # The fused kernel (CPU and CUDA) does the whole update in one pass: HF v5's default too.
+            return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=self._can_fuse_optimizer())
+        except (RuntimeError, ValueError):
+            return torch.optim.AdamW(groups, lr=hp.learning_rate)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """:meth:`build_optimizer` over :meth:`parameter_groups`, with warmup then ``model.lr_scheduler``, stepped
+        every optimizer step (one place for every family)."""
+        hp = self.hparams
+        groups = [{k: v for k, v in group.items() if k != "names"} for group in self.parameter_groups()]
+        optimizer = self.build_optimizer(groups)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(
             "constant_with_warmup" if hp.lr_scheduler == "constant" else hp.lr_scheduler,
@@ -422,11 +460,13 @@ class SummarizerBase(L.LightningModule, ABC):
 
     # ----------------------------------------------------------------------------------- export
     def export(self, directory: str | Path) -> Path:
-        """Save model, tokenizer and generation config with ``save_pretrained`` into ``directory``."""
+        """Save model, tokenizer and generation config with ``save_pretrained`` into ``directory``, and the
+        inference settings (``dsum_inference.json``)."""
         directory = Path(directory)
         self.model.generation_config = self.generation_config()
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+        save_inference_settings(self, directory)
         return directory
 
 

@@ -17,9 +17,21 @@ class CausalLMSummarizer(SummarizerBase):
 
     The loss covers summary tokens only. For generation, prompts are left-padded and only the
     continuation is returned.
+
+    Args:
+        pretrained: Hugging Face id or local directory of the model.
+        packing: Train on packed rows: the batch's prompt + summary sequences are laid end to end, in order, in
+            rows as wide as the longest one, with position ids restarting at 0 for each; transformers then builds
+            a block-diagonal causal mask from them (no attention between packed examples, any attention kernel),
+            so less of each row is padding. Evaluation is never packed.
+        **kwargs: The settings of :class:`~dsum.models.base.SummarizerBase`.
     """
 
     decoder_only = True
+
+    def __init__(self, pretrained: str, packing: bool = False, **kwargs: Any) -> None:
+        self.packing = packing
+        super().__init__(pretrained, **kwargs)
 
     def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
         return AutoModelForCausalLM.from_pretrained(
@@ -43,19 +55,31 @@ class CausalLMSummarizer(SummarizerBase):
         targets = [row[row != -100] for row in batch["labels"]]
         sequences = [torch.cat([p, t]) for p, t in zip(prompts, targets)]
         width = max(len(s) for s in sequences)
-        input_ids = batch["input_ids"].new_full((len(sequences), width), pad)
-        labels = batch["input_ids"].new_full((len(sequences), width), -100)
+        # Each sequence's row and offset in it: one per row, or packed end to end (in order) when training.
+        slots = pack_in_order([len(s) for s in sequences], width) if self.packing and self.training else \
+            [(i, 0) for i in range(len(sequences))]
+        rows = 1 + max(row for row, _ in slots)
+        input_ids = batch["input_ids"].new_full((rows, width), pad)
+        labels = batch["input_ids"].new_full((rows, width), -100)
         attention = torch.zeros_like(input_ids)
-        for i, (prompt, target, seq) in enumerate(zip(prompts, targets, sequences)):
-            input_ids[i, : len(seq)] = seq
-            attention[i, : len(seq)] = 1
-            labels[i, len(prompt) : len(seq)] = target
+        positions = torch.arange(width, device=input_ids.device).repeat(rows, 1)
+        for (row, start), prompt, target, seq in zip(slots, prompts, targets, sequences):
+            end = start + len(seq)
+            input_ids[row, start:end] = seq
+            attention[row, start:end] = 1
+            labels[row, start + len(prompt) : end] = target
+            positions[row, start:end] = torch.arange(len(seq), device=input_ids.device)
+            if end < width:  # the rest of the row is padding: a segment of its own
+                positions[row, end:] = torch.arange(width - end, device=input_ids.device)
         # Position t predicts token t+1, so the head runs only where the next token is a summary token:
-        # not over the prompt (most of the sequence) and not over padding.
+        # not over the prompt (most of the sequence) and not over padding. Labels never cross a packed boundary:
+        # a sequence's last token is a summary token, and the next sequence starts with its prompt.
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
+        inputs = ({"position_ids": positions, "attention_mask": None} if self.packing and self.training
+                  else {"attention_mask": attention})
         with output_head_only_at(self.model, keep) as gathered:
-            logits = self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+            logits = self.model(input_ids=input_ids, use_cache=False, **inputs).logits
         if gathered:
             return check_gathered(logits, keep, self.model), labels[:, 1:][keep[:, :-1]]
         return logits[:, :-1], labels[:, 1:]
@@ -71,3 +95,17 @@ class CausalLMSummarizer(SummarizerBase):
             attention[i, width - len(prompt) :] = 1
         out = self.model.generate(input_ids=input_ids, attention_mask=attention)
         return out[:, width:]
+
+
+def pack_in_order(lengths: list[int], width: int) -> list[tuple[int, int]]:
+    """``(row, offset)`` of each sequence, laid end to end in order into rows of ``width`` tokens (next fit): the
+    order of the examples, and so of their tokens in row-major order, is kept."""
+    slots, row, used = [], 0, 0
+    for length in lengths:
+        if length > width:
+            raise ValueError(f"a sequence of {length} tokens does not fit a packed row of {width}")
+        if used + length > width:
+            row, used = row + 1, 0
+        slots.append((row, used))
+        used += length
+    return slots

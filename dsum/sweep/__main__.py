@@ -13,9 +13,11 @@ from typing import Any, Literal
 
 from jsonargparse import CLI
 
+from dsum.constants import MONITOR
 from dsum.files import atomic_write_json
 from dsum.sweep.registry import (
-    BEST, DEFAULT_REGISTRY, SANDBOX_REGISTRY, alias_version, list_keys, move_alias, version_meta,
+    BEST, DEFAULT_REGISTRY, SANDBOX_REGISTRY, alias_version, key_dir_of, list_keys, move_alias, parse_version,
+    version_meta,
 )
 from dsum.sweep.spec import load_sweep
 from dsum.sweep.summary import collect_trials
@@ -31,7 +33,7 @@ Engine = Literal["wandb", "local"]
 
 def _metric(config: dict[str, Any]) -> tuple[str, Literal["maximize", "minimize"]]:
     metric = config.get("metric") or {}
-    return metric.get("name", "val/rouge_mean"), metric.get("goal", "maximize")
+    return metric.get("name", MONITOR), metric.get("goal", "maximize")
 
 
 def _resolve(sweep: str, project: str | None, entity: str | None) -> tuple[str, str, dict[str, Any]]:
@@ -107,8 +109,9 @@ def agent(sweep: str, count: int | None = None, project: str | None = None, enti
 
 
 def parallel(sweep: str, num_workers: int = 2, runs_per_worker: int = 1, engine: Engine = "wandb",
-             project: str | None = None, entity: str | None = None, storage: str | None = None) -> list[dict]:
-    """N agents at once on one sweep, each pinned to its own GPU when GPUs exist, each with its own log.
+             project: str | None = None, entity: str | None = None, storage: str | None = None,
+             gpus_per_worker: int = 1) -> list[dict]:
+    """N agents at once on one sweep, each pinned to its own GPUs when GPUs exist, each with its own log.
     One worker failing does not stop the others. Ends with each worker's status, return code and time,
     saved as ``outputs/sweep_<name>/parallel_<name>_<sweep_id>_summary.json``.
 
@@ -120,6 +123,8 @@ def parallel(sweep: str, num_workers: int = 2, runs_per_worker: int = 1, engine:
         project: W&B project.
         entity: W&B entity.
         storage: ``local`` only: Optuna storage URL shared by the workers (default: a file under outputs/).
+        gpus_per_worker: GPUs each worker gets (disjoint groups; GPUs left over by an uneven split stay unused),
+            for trials that run DDP inside: give them ``--trainer.devices=K`` in the sweep's ``command``.
     """
     if engine == "local":
         from dsum.sweep.local import local_study_id, local_worker_command
@@ -127,7 +132,9 @@ def parallel(sweep: str, num_workers: int = 2, runs_per_worker: int = 1, engine:
         config = load_sweep(sweep)
         name = sweep_name(config, sweep)
         sweep_id = local_study_id(sweep, config)
-        commands = [local_worker_command(sweep, runs_per_worker, storage) for _ in range(num_workers)]
+        # Each worker process sees only its group, and gives all of it to its trial.
+        commands = [local_worker_command(sweep, runs_per_worker, storage, gpus_per_worker)
+                    for _ in range(num_workers)]
         env: dict[str, str] = {}
     else:
         require_server()
@@ -136,7 +143,8 @@ def parallel(sweep: str, num_workers: int = 2, runs_per_worker: int = 1, engine:
         env = agent_env(name)
     directory = sweep_dir_for(name)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results = run_workers(commands, directory / "logs" / f"parallel_{time.strftime('%Y%m%d-%H%M%S')}", env)
+    results = run_workers(commands, directory / "logs" / f"parallel_{time.strftime('%Y%m%d-%H%M%S')}", env,
+                          gpus_per_worker=gpus_per_worker)
     short_id = sweep_id.rsplit("/", 1)[-1]
     table = results_table(results)
     atomic_write_json(directory / f"parallel_{name}_{short_id}_summary.json", {
@@ -175,8 +183,10 @@ def serial(sweeps: list[str], runs_per_sweep: int = 10, engine: Engine = "wandb"
 
 
 def local(sweep_file: str, count: int | None = None, workers: int = 1, storage: str | None = None,
-          max_consecutive_failures: int = 3) -> dict[str, Any]:
+          max_consecutive_failures: int = 3, gpus_per_worker: int = 1, in_process: bool | None = None
+          ) -> dict[str, Any]:
     """Run a sweep YAML without a W&B server, on Optuna; trials are launched exactly as ``wandb agent`` would.
+    Exits non-zero when every trial it ran failed, naming the last trial's log.
 
     Args:
         sweep_file: A sweep YAML, e.g. ``sweeps/quick.yaml``.
@@ -185,11 +195,16 @@ def local(sweep_file: str, count: int | None = None, workers: int = 1, storage: 
         storage: Optuna storage URL shared with workers elsewhere (e.g. ``postgresql://...``); default: a
             file under ``outputs/sweep_<name>/``. Rerunning the same command resumes the same study.
         max_consecutive_failures: Stop after this many failed trials in a row.
+        gpus_per_worker: GPUs each trial process sees (disjoint groups), for trials that run DDP inside.
+        in_process: ``validate``/``test`` trials in one long-lived process per worker that keeps the model
+            loaded and reuses identical generations, and ``fit`` trials forked from a process with the heavy
+            imports done; default on unless ``DSUM_SWEEP_IN_PROCESS=0``. ``false``: a new process per trial.
     """
     from dsum.sweep.local import run_local
 
     return run_local(sweep_file, count=count, workers=workers, storage=storage,
-                     max_consecutive_failures=max_consecutive_failures)
+                     max_consecutive_failures=max_consecutive_failures, gpus_per_worker=gpus_per_worker,
+                     in_process=in_process)
 
 
 def report(sweep_dir: str, top: int = 10, sweep_id: str | None = None) -> list[str]:
@@ -220,10 +235,16 @@ def registry_list(registry: str = str(DEFAULT_REGISTRY)) -> list[dict[str, Any]]
         print(f"{registry}: no models")
     for entry in keys:
         key = entry["evaluation_key"]
-        print(f"{Path(registry) / entry['key']}  {key['metric']} ({key['goal']}) on {key.get('val_name')} "
-              f"subset={key.get('val_subset')} settings={key['settings']}")
+        if key is None:
+            print(f"{Path(registry) / entry['key']}  damaged: {entry['error']}")
+        else:
+            print(f"{Path(registry) / entry['key']}  {key.get('metric')} ({key.get('goal')}) on {key.get('val_name')} "
+                  f"subset={key.get('val_subset')} settings={key.get('settings')}")
         for meta in entry["versions"]:
             mark = "best ->" if meta["version"] == entry["best"] else "       "
+            if "error" in meta:
+                print(f"  {mark} v{meta['version']}  damaged: {meta['error']}")
+                continue
             print(f"  {mark} v{meta['version']}  {meta['metric']['value']:.4f}  run {meta.get('run_id')}  "
                   f"sweep {meta.get('sweep_id')}  {meta.get('promoted_at')}")
     return keys
@@ -237,8 +258,8 @@ def registry_show(key: str, version: str, registry: str = str(DEFAULT_REGISTRY))
         version: ``v<N>``, ``<N>`` or ``best``.
         registry: Registry root.
     """
-    key_dir = Path(registry) / key
-    number = alias_version(key_dir, version) if version == BEST else int(version.lstrip("v"))
+    key_dir = key_dir_of(registry, key)
+    number = alias_version(key_dir, version) if version == BEST else parse_version(version, key_dir)
     if number is None:
         raise ValueError(f"{key_dir}: no '{BEST}' alias (no model promoted)")
     meta = version_meta(key_dir, number)
@@ -254,7 +275,8 @@ def registry_rollback(key: str, version: str, registry: str = str(DEFAULT_REGIST
         version: ``v<N>`` or ``<N>``.
         registry: Registry root.
     """
-    meta = move_alias(Path(registry) / key, int(version.lstrip("v")))
+    key_dir = key_dir_of(registry, key)  # an unknown key or a path is refused before anything is created
+    meta = move_alias(key_dir, parse_version(version, key_dir))
     print(f"dsum: {Path(registry) / key / BEST} -> v{meta['version']} ({meta['metric']['value']})")
     return meta
 

@@ -15,7 +15,9 @@ record it writes (``run.json`` / ``validate.json``), never from its log.
 
 Storage: an Optuna journal file ``outputs/sweep_<name>/optuna.journal`` by default (safe for many worker
 processes on one machine), or any database URL (``--storage sqlite:///...``, ``postgresql://...``) to share a
-study between machines. Rerunning the same command resumes the same study (:func:`local_study_id`).
+study between machines. Rerunning the same command resumes the same study (:func:`local_study_id`). On
+PostgreSQL, claims (and queuing the grid) hold an advisory lock, so ``run_cap`` and the grid hold across machines
+(:func:`database_lock`); every machine's summary is written from the study, so they agree.
 
 A trial whose worker died while it ran (killed sweep, lost machine) is settled when a worker next claims a
 trial: its process is stopped if it still runs (so ``--workers`` holds across restarts), its result is kept if
@@ -23,10 +25,13 @@ it had finished, else it is marked failed (its run record too, never ``running``
 are queued again, up to :data:`MAX_TRIAL_RETRIES` times; the summary lists these retries. Trial processes get
 SIGTERM when their worker dies (``PR_SET_PDEATHSIG``), so a killed driver leaves no orphan running.
 Optuna's own heartbeats (``fail_stale_trials``) exist only for database storages, so the sweep keeps its own:
-each running trial records its worker's host, pid and a heartbeat (and the trial process's pid); a trial is
-stale when its worker's process is gone (same host, checked at once) or its heartbeat is older than
-:data:`STALE_AFTER_SECONDS` (another host). A sweep value holding a secret is refused before anything is
-written (Optuna's journal and W&B's files would keep it in clear).
+each running trial records its worker's host (``$DSUM_SWEEP_HOST``, default the host name), pid and a heartbeat
+(every ``$DSUM_SWEEP_HEARTBEAT_SECONDS``, from a thread of its own) and the trial process's pid; a trial is stale
+when its worker's process is gone (same host, checked at once) or its heartbeat is older than
+``$DSUM_SWEEP_STALE_AFTER_SECONDS`` (default :data:`STALE_AFTER_SECONDS`; another host). A worker with nothing left
+to claim waits while other workers' trials run, so whichever machine is left runs the retries of a dead one. A
+sweep value holding a secret is refused before anything is written (Optuna's journal and W&B's files would keep
+it in clear).
 
 The study's bookkeeping (its id and storage, what each trial records, stale trials) is in
 :mod:`dsum.sweep.trials`, the search space (grid order, TPE distributions) in :mod:`dsum.sweep.search_space`;
@@ -36,6 +41,7 @@ this module is the engine, and every name it had before the split is still impor
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -58,12 +64,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from dsum.constants import MONITOR
 from dsum.files import atomic_write_json
 from dsum.secrets import redact, redact_text, refuse_secret_values
 from dsum.sweep import pruning
 from dsum.sweep.search_space import check_bayes_space, grid_combinations, suggest_param
 from dsum.sweep.spec import load_sweep, sample_params, validate_sweep
-from dsum.sweep.summary import record_metric, summarize, sweep_dir_for, trial_record
+from dsum.sweep.summary import (
+    TRIAL_RECORDS, evaluated_version, record_metric, summarize, sweep_dir_for, trial_record,
+)
 from dsum.sweep.trials import (
     GRID_ATTR,
     HEARTBEAT_ATTR,
@@ -91,7 +100,7 @@ from dsum.sweep.trials import (
     storage_url,
 )
 from dsum.sweep.wandb_backend import SWEEP_DIR_ENV, sweep_name
-from dsum.sweep.workers import cpu_threads_env, die_with_parent, visible_gpus
+from dsum.sweep.workers import cpu_threads_env, die_with_parent, gpu_groups, visible_gpus
 
 # Defined here before trials.py and search_space.py were split off; still importable from here.
 from dsum.sweep.search_space import BAYES_FLOATS as BAYES_FLOATS
@@ -104,20 +113,90 @@ LOCK_FILE = ".local_sweep.lock"
 INTERRUPT_GRACE_SECONDS = 60.0
 # A trial whose worker died is queued again with the same parameters, at most this many times.
 MAX_TRIAL_RETRIES = 2
+# Trial user attribute: the trial wrote a run record (the summary lists it, as it lists records).
+RECORDED_ATTR = "dsum_recorded"
+# Several machines on one database: each names itself (default: its host name), and its heartbeats' period and
+# how old the last one may be before its running trials count as stale can be set (seconds).
+HOST_ENV = "DSUM_SWEEP_HOST"
+HEARTBEAT_ENV = "DSUM_SWEEP_HEARTBEAT_SECONDS"
+STALE_AFTER_ENV = "DSUM_SWEEP_STALE_AFTER_SECONDS"
+# The longest a worker waits between looks at trials other workers still run (it waits for them to end or go
+# stale before it calls the study done, so a trial whose machine died is run again).
+FOLLOW_SECONDS = 5.0
 
 
 class SweepStopped(SystemExit):
     """The sweep stopped before its budget: too many failed trials in a row, or interrupted."""
 
 
+# ------------------------------------------------------------------------------------------- machines
+def has_record(run_dir: Path) -> bool:
+    """Whether a trial's run record (``run.json`` / ``validate.json``) is in ``run_dir``."""
+    return any((run_dir / name).is_file() for name in TRIAL_RECORDS)
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from environment variable ``name``, else ``default``.
+
+    Raises:
+        ValueError: naming the variable and its value, when it is not a positive number.
+    """
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={text!r}: expected a positive number of seconds")
+    return value
+
+
+@contextmanager
+def database_lock(engine: Any, name: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock named ``name`` (every machine on the database waits for it); on other
+    databases, nothing (a machine's own file lock is all there is)."""
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
+def open_shared_storage(url: str) -> optuna.storages.BaseStorage:
+    """:func:`dsum.sweep.pruning.open_storage`, with Optuna's tables created by one machine at a time on
+    PostgreSQL (two machines creating them at once in a new database collide)."""
+    if not url.startswith("postgresql"):
+        return pruning.open_storage(url)
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with database_lock(engine, "dsum.sweep: optuna tables"):
+            return pruning.open_storage(url)
+    finally:
+        engine.dispose()
+
+
 # ------------------------------------------------------------------------------------------- processes
-def local_worker_command(sweep_file: str | Path, count: int | None, storage: str | None) -> list[str]:
+def local_worker_command(sweep_file: str | Path, count: int | None, storage: str | None,
+                         gpus_per_worker: int = 1) -> list[str]:
     """The argv of one local worker process (``parallel --engine local`` starts several)."""
     command = [sys.executable, "-m", "dsum.sweep", "local", str(sweep_file)]
     if count:
         command += ["--count", str(count)]
     if storage:
         command += ["--storage", storage]
+    if gpus_per_worker != 1:
+        command += ["--gpus_per_worker", str(gpus_per_worker)]
     return command
 
 
@@ -150,8 +229,12 @@ def agent_command(config: Mapping[str, Any], params: Mapping[str, Any], args_jso
 class LocalSweep:
     """One invocation of ``local``: a study, K worker threads, each running one trial process at a time."""
 
+    # Decoding trials' long-lived workers and training trials' fork servers (dsum.sweep.inprocess.InProcessPool);
+    # None: every trial a process of its own, started from scratch.
+    in_process: Any = None
+
     def __init__(self, sweep_file: str | Path, count: int | None, workers: int, storage: str | None,
-                 max_consecutive_failures: int) -> None:
+                 max_consecutive_failures: int, gpus_per_worker: int = 1) -> None:
         if count is not None and count < 1:
             raise ValueError(f"--count must be at least 1, got {count}")
         if workers < 1:
@@ -173,7 +256,7 @@ class LocalSweep:
             raise FileNotFoundError(f"{sweep_file}: program {program} not found from {Path.cwd()}; run from the "
                                     "directory the YAML's paths are relative to (the repository root)")
         metric = self.config.get("metric") or {}
-        self.metric: str = metric.get("name", "val/rouge_mean")
+        self.metric: str = metric.get("name", MONITOR)
         self.goal: str = metric.get("goal", "maximize")
         self.name = sweep_name(self.config, sweep_file)
         self.study_id = local_study_id(sweep_file, self.config)
@@ -181,8 +264,14 @@ class LocalSweep:
         self.storage_url = storage_url(storage, self.sweep_dir)
         self.count, self.workers, self.max_failures = count, workers, max_consecutive_failures
         self.run_cap: int | None = self.config.get("run_cap")
-        self.host, self.pid, self.pid_started = socket.gethostname(), os.getpid(), process_started()
-        self.gpus = visible_gpus()
+        self.host, self.pid, self.pid_started = (os.environ.get(HOST_ENV) or socket.gethostname(), os.getpid(),
+                                                 process_started())
+        self.heartbeat_seconds = env_seconds(HEARTBEAT_ENV, HEARTBEAT_SECONDS)
+        self.stale_after = env_seconds(STALE_AFTER_ENV, STALE_AFTER_SECONDS)
+        if self.stale_after <= self.heartbeat_seconds:
+            raise ValueError(f"{STALE_AFTER_ENV}={self.stale_after:g} must exceed {HEARTBEAT_ENV}="
+                             f"{self.heartbeat_seconds:g}: live trials would count as stale")
+        self.gpus = gpu_groups(visible_gpus(), workers, gpus_per_worker)  # CUDA_VISIBLE_DEVICES per slot
         self.rng = random.Random()
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -190,22 +279,30 @@ class LocalSweep:
         self.stop_reason: str | None = None
         self.claimed = 0
         self.failures_in_a_row = 0
+        self.finished = 0  # trials this invocation ran to an end (any state), and how many of them failed
+        self.failed = 0
+        self.last_failed_log: Path | None = None
         self.running: dict[int, subprocess.Popen] = {}
+        # Trials this process claimed and has not finished: _beat records their heartbeats, from claim to end.
+        self.held: dict[int, optuna.Trial] = {}
+        self.ended = threading.Event()
         self.errors: list[BaseException] = []
         for sub in ("runs", "logs"):
             (self.sweep_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.storage = pruning.open_storage(self.storage_url)
+        self.storage = open_shared_storage(self.storage_url)
         self.study = self._open_study()
 
     # -------------------------------------------------------------------------------- study
     @contextmanager
     def _claim_lock(self) -> Iterator[None]:
-        """Serialise study set-up and trial claims between this process's threads and other worker
-        processes on this machine (run_cap and --count are counted in the storage under it)."""
+        """Serialise study set-up and trial claims between this process's threads, other worker processes on
+        this machine and, on PostgreSQL, every machine sharing the study (run_cap and --count are counted in the
+        storage under it; the grid is queued once)."""
         with self.lock, open(self.sweep_dir / LOCK_FILE, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                with database_lock(getattr(self.storage, "engine", None), f"dsum.sweep: {self.study_id}"):
+                    yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -231,15 +328,32 @@ class LocalSweep:
                 study.set_user_attr(GRID_ATTR, len(self.combos))
         return study
 
-    def _fail_stale(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+    def _is_stale(self, trial: optuna.trial.FrozenTrial, now: float) -> bool:
+        """:func:`dsum.sweep.trials.is_stale`, with this sweep's limit on another host's heartbeat age
+        (``$DSUM_SWEEP_STALE_AFTER_SECONDS``, default :data:`STALE_AFTER_SECONDS`)."""
+        attrs = trial.user_attrs
+        if attrs.get(HOST_ATTR) == self.host and PID_ATTR in attrs:
+            return is_stale(trial, now, self.host)  # this machine: whether the worker process still runs
+        last = attrs.get(HEARTBEAT_ATTR) or (trial.datetime_start.timestamp() if trial.datetime_start else now)
+        return now - float(last) > self.stale_after
+
+    def _others_running(self, trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+        """``host:pid`` of the workers other than this process that still run a trial of the study."""
+        return [f"{t.user_attrs.get(HOST_ATTR, '?')}:{t.user_attrs.get(PID_ATTR, '?')}" for t in trials
+                if t.state == TrialState.RUNNING
+                and (t.user_attrs.get(HOST_ATTR), t.user_attrs.get(PID_ATTR)) != (self.host, self.pid)]
+
+    def _fail_stale(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
         """Settle every RUNNING trial whose worker is gone: stop its process if it still runs (so ``--workers``
         holds), take its result if it finished, else fail it and queue its parameters again (up to
-        :data:`MAX_TRIAL_RETRIES` times)."""
+        :data:`MAX_TRIAL_RETRIES` times). Returns whether any trial was settled."""
         now = time.time()
         study_id = self.storage.get_study_id_from_name(self.study_id)
+        settled = False
         for trial in trials:
-            if trial.state != TrialState.RUNNING or not is_stale(trial, now, self.host):
+            if trial.state != TrialState.RUNNING or not self._is_stale(trial, now):
                 continue
+            settled = True
             attrs = trial.user_attrs
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             owner = f"{attrs.get(HOST_ATTR, '?')}:{attrs.get(PID_ATTR, '?')}"
@@ -266,9 +380,11 @@ class LocalSweep:
                 reason = f"worker {owner} died while it ran" + (
                     f"; re-queued (retry {attempt + 1} of {MAX_TRIAL_RETRIES})" if retry else
                     f"; not re-queued ({MAX_TRIAL_RETRIES} retries used)" if params is not None else "")
-                self.storage.set_trial_user_attr(trial_id, STATE_ATTR, "failed")
+                # `interrupted` when the trial recorded it (SIGTERM from its dying worker), else `failed`.
+                self.storage.set_trial_user_attr(trial_id, STATE_ATTR, outcome.label if outcome else "failed")
                 self.storage.set_trial_user_attr(trial_id, "dsum_error", reason)
                 self.storage.set_trial_user_attr(trial_id, REQUEUED_ATTR, retry)
+                self.storage.set_trial_user_attr(trial_id, RECORDED_ATTR, run_dir is not None and has_record(run_dir))
                 self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # finished meanwhile
@@ -280,22 +396,46 @@ class LocalSweep:
             print(f"dsum: trial {trial.number} {run_id} marked failed: its worker {owner} is gone"
                   + (f"; its parameters are queued again (retry {attempt + 1} of {MAX_TRIAL_RETRIES})" if retry
                      else ""), flush=True)
+        return settled
 
     def _claim(self) -> Claim | None:
-        """Take the next trial, or None when the sweep is done (count, run_cap, grid exhausted, stopped)."""
+        """Take the next trial, or None when the sweep is done (count, run_cap, grid exhausted, stopped).
+
+        When run_cap is reached or the grid's queue is empty while other workers (other processes, other
+        machines) still run trials, wait for those to end: one whose worker dies goes stale, is queued again,
+        and this worker runs it, so the study is finished by whichever machine is left."""
+        announced = False
+        while True:
+            claim = self._claim_once()
+            if not isinstance(claim, list):
+                return claim
+            if not announced:
+                print(f"dsum: waiting for the trials other workers run ({', '.join(claim)}) to end, or to go stale "
+                      "and be run again here", flush=True)
+                announced = True
+            self.stop.wait(min(self.heartbeat_seconds, FOLLOW_SECONDS))
+
+    def _claim_once(self) -> Claim | list[str] | None:
+        """One look at the study for :meth:`_claim`: a claim, None when the sweep is done, or the other workers
+        (``host:pid``) whose running trials to wait for."""
         with self._claim_lock():
             if self.stop.is_set():
                 return None
             if self.count is not None and self.claimed >= self.count:
                 return self._done(f"--count {self.count} reached")
             trials = self.study.get_trials(deepcopy=False)
-            self._fail_stale(trials)
+            if self._fail_stale(trials):
+                trials = self.study.get_trials(deepcopy=False)  # with the retries just queued
             # A trial whose worker died and that was queued again counts once, as its retry.
             started = [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(SKIPPED_ATTR)
                        and not t.user_attrs.get(REQUEUED_ATTR)]
-            if self.run_cap is not None and len(started) >= self.run_cap:
+            capped = self.run_cap is not None and len(started) >= self.run_cap
+            exhausted = self.method == "grid" and not any(t.state == TrialState.WAITING for t in trials)
+            if (capped or exhausted) and (others := self._others_running(trials)):
+                return others
+            if capped:
                 return self._done(f"run_cap {self.run_cap} reached")
-            if self.method == "grid" and not any(t.state == TrialState.WAITING for t in trials):
+            if exhausted:
                 return self._done(f"grid complete ({len(self.combos)} combinations)")
             trial = self.study.ask()
             params = trial.user_attrs.get(PARAMS_ATTR)  # a grid combination or a retry, queued with its values
@@ -313,6 +453,7 @@ class LocalSweep:
                                PID_STARTED_ATTR: self.pid_started, HEARTBEAT_ATTR: time.time()}.items():
                 trial.set_user_attr(key, value)
             self.claimed += 1
+            self.held[trial.number] = trial
             return Claim(trial, dict(params), run_id)
 
     def _done(self, reason: str) -> None:
@@ -338,7 +479,7 @@ class LocalSweep:
             pruning.METRIC_ENV: self.metric,
             pruning.PRUNER_ENV: json.dumps(self.config.get("early_terminate") or None),
         }
-        if self.gpus:
+        if self.gpus[slot % len(self.gpus)] is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         return {**env, **cpu_threads_env(self.workers)}
 
@@ -361,12 +502,19 @@ class LocalSweep:
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(f"dsum: trial {claim.number} run {claim.run_id}: {redact_text(shlex.join(command))}\n")
             log.flush()
+            if self.in_process is not None and self.in_process.takes(command):  # validate/test: the slot's worker
+                code = self.in_process.run_claim(self, claim, slot, command,
+                                                 self._trial_env(claim, param_path, slot), log_path)
+                return self._outcome(code, run_dir, time.monotonic() - started)
             try:
                 # The trial gets SIGTERM when its worker dies (it saves last.ckpt and records `interrupted`):
                 # a killed driver leaves no orphan running beside the next driver's trials.
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=self._trial_env(claim, param_path, slot),
-                                           preexec_fn=die_with_parent)  # noqa: PLW1509 (async-signal-safe)
+                if self.in_process is not None and self.in_process.forks(command):  # fit: a fork, imports done
+                    process = self.in_process.fork(slot, command, self._trial_env(claim, param_path, slot), log_path)
+                else:
+                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, env=self._trial_env(claim, param_path, slot),
+                                               preexec_fn=die_with_parent)  # noqa: PLW1509 (async-signal-safe)
             except OSError as error:
                 log.write(f"dsum: cannot start the trial: {error}\n")
             else:
@@ -383,14 +531,20 @@ class LocalSweep:
         return self._outcome(code, run_dir, time.monotonic() - started)
 
     def _wait(self, process: subprocess.Popen, claim: Claim) -> int:
-        while True:
-            try:
-                return process.wait(timeout=HEARTBEAT_SECONDS)
-            except subprocess.TimeoutExpired:
+        return process.wait()  # (its heartbeats: _beat)
+
+    def _beat(self) -> None:
+        """Record a heartbeat on every trial this process holds, every ``$DSUM_SWEEP_HEARTBEAT_SECONDS``, until
+        the sweep ends: from a thread of its own, so a slow trial start or a busy machine never leaves a claimed
+        trial silent long enough to look stale to other machines."""
+        while not self.ended.wait(self.heartbeat_seconds):
+            for number, trial in list(self.held.items()):
                 try:
-                    claim.trial.set_user_attr(HEARTBEAT_ATTR, time.time())
-                except Exception as error:  # a storage hiccup must not orphan the trial process
-                    print(f"dsum: trial {claim.number}: heartbeat not recorded ({error})", flush=True)
+                    trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    self.held.pop(number, None)  # finished meanwhile
+                except Exception as error:  # noqa: BLE001 (a storage hiccup must not stop the sweep)
+                    print(f"dsum: trial {number}: heartbeat not recorded ({error})", flush=True)
 
     def _outcome(self, code: int | None, run_dir: Path, seconds: float, dead_worker: bool = False) -> Outcome:
         """How a trial ended, from its exit code and run record (``dead_worker``: the exit code is unknown
@@ -418,6 +572,33 @@ class LocalSweep:
                            f"{self.metric} was never recorded (value {value})")
         return Outcome(TrialState.COMPLETE, "completed", value, seconds, code)
 
+    def _trial_rows(self) -> list[dict[str, Any]]:
+        """The summary's rows, from the study (so every machine sharing it writes the same summary): each trial
+        that wrote a run record, or still runs. The exported model and the registry version a trial tuned come
+        from its record, where this machine can read its run directory (its own, or a shared file system)."""
+        rows = []
+        for trial in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
+            attrs = trial.user_attrs
+            run_dir = Path(attrs["run_dir"]) if attrs.get("run_dir") else None
+            readable = run_dir is not None and has_record(run_dir)
+            running = trial.state == TrialState.RUNNING
+            # (a trial of a study begun before RECORDED_ATTR existed: its record, where it can be read)
+            if RUN_ID_ATTR not in attrs or not (running or attrs.get(RECORDED_ATTR, readable)):
+                continue
+            try:
+                record = trial_record(run_dir) if readable else None
+            except (OSError, ValueError):  # a record being written
+                record = None
+            rows.append({
+                "run_id": attrs[RUN_ID_ATTR], "sweep_id": self.study_id,
+                "state": "running" if running else attrs.get(STATE_ATTR) or trial.state.name.lower(),
+                "metric": attrs.get("metric", trial.value), "params": attrs.get(PARAMS_ATTR) or {},
+                "run_dir": attrs.get("run_dir"), "best_model": (record or {}).get("best_model"),
+                "started_at": trial.datetime_start.isoformat() if trial.datetime_start else None,
+                "model_version": evaluated_version(run_dir) if readable else None,
+            })
+        return rows
+
     def _retries(self) -> list[dict[str, Any]]:
         """Trials whose worker died, and what became of their parameters (for the summary)."""
         trials = self.study.get_trials(deepcopy=False)
@@ -442,7 +623,8 @@ class LocalSweep:
         log_path = self.sweep_dir / "logs" / f"{claim.run_id}.log"
         for key, value in {STATE_ATTR: outcome.label, "returncode": outcome.returncode,
                            "seconds": round(outcome.seconds, 2), "metric": outcome.value,
-                           "dsum_error": outcome.reason}.items():
+                           "dsum_error": outcome.reason,
+                           RECORDED_ATTR: has_record(self.sweep_dir / "runs" / claim.run_id)}.items():
             if value is not None:
                 trial.set_user_attr(key, value)
         if outcome.state == TrialState.COMPLETE:
@@ -458,6 +640,10 @@ class LocalSweep:
             line += f" ({outcome.reason}; log {log_path})"
         print(line, flush=True)
         with self.lock:
+            self.finished += 1
+            if outcome.state == TrialState.FAIL:
+                self.failed += 1
+                self.last_failed_log = log_path
             if outcome.state != TrialState.FAIL:
                 self.failures_in_a_row = 0
             elif not self.interrupted:
@@ -472,11 +658,14 @@ class LocalSweep:
         try:
             while (claim := self._claim()) is not None:
                 try:
-                    outcome = self._run_trial(claim, slot)
-                except BaseException:
-                    self.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
-                    raise
-                self._finish(claim, outcome)
+                    try:
+                        outcome = self._run_trial(claim, slot)
+                    except BaseException:
+                        self.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
+                        raise
+                    self._finish(claim, outcome)
+                finally:
+                    self.held.pop(claim.number, None)
         except BaseException as error:  # surface it in the main thread; stop the other workers
             self.errors.append(error)
             self.stop.set()
@@ -503,6 +692,8 @@ class LocalSweep:
                    for slot in range(self.workers)]
         on_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if on_main else None
+        heartbeats = threading.Thread(target=self._beat, name="dsum-local-heartbeats", daemon=True)
+        heartbeats.start()
         try:
             for thread in threads:
                 thread.start()
@@ -521,11 +712,16 @@ class LocalSweep:
                 for thread in threads:
                     thread.join()
         finally:
+            self.ended.set()
+            heartbeats.join()
             if on_main:
                 signal.signal(signal.SIGTERM, previous)
         if self.errors:
             raise self.errors[0]
-        summary = summarize(self.sweep_dir, self.study_id, self.metric, self.goal)
+        all_failed = self._all_failed()
+        if all_failed:
+            self.stop_reason = all_failed
+        summary = summarize(self.sweep_dir, self.study_id, self.metric, self.goal, trial_rows=self._trial_rows())
         summary.update(storage=display_url(self.storage_url), stop_reason=self.stop_reason,
                        retries=self._retries())
         atomic_write_json(self.sweep_dir / f"{self.study_id}_summary.json", redact(summary))
@@ -533,13 +729,23 @@ class LocalSweep:
         print(f"dsum: {self.sweep_dir / (self.study_id + '_summary.json')}: "
               + (f"best {best} {self.metric}={summary['best_metric']:.4f}" if best else "no completed trial")
               + (f"; stopped: {self.stop_reason}" if self.stop_reason else ""), flush=True)
-        if self.interrupted or self.failures_in_a_row >= self.max_failures:
+        if self.interrupted or self.failures_in_a_row >= self.max_failures or all_failed:
             raise SweepStopped(f"dsum: sweep {self.name} stopped: {self.stop_reason}")
         return summary
 
+    def _all_failed(self) -> str | None:
+        """Why the sweep failed when every trial this invocation ran failed (a bad value every trial shares,
+        say), else None. An interruption, or too many failures in a row, already says why it stopped."""
+        if self.interrupted or self.failures_in_a_row >= self.max_failures or not self.finished:
+            return None
+        if self.failed < self.finished:
+            return None
+        return f"all {self.finished} trial{'s' * (self.finished != 1)} failed; last trial's log: {self.last_failed_log}"
+
 
 def run_local(sweep_file: str | Path, count: int | None = None, workers: int = 1, storage: str | None = None,
-              max_consecutive_failures: int = 3) -> dict[str, Any]:
+              max_consecutive_failures: int = 3, gpus_per_worker: int = 1, in_process: bool | None = None
+              ) -> dict[str, Any]:
     """Run a sweep YAML on Optuna without a W&B server; returns the sweep summary (see ``summarize``).
 
     Args:
@@ -550,10 +756,19 @@ def run_local(sweep_file: str | Path, count: int | None = None, workers: int = 1
         storage: Optuna storage: a database URL or a journal file path (default
             ``outputs/sweep_<name>/optuna.journal``).
         max_consecutive_failures: Stop after this many failed trials in a row.
+        gpus_per_worker: GPUs each trial process sees (for trials that run DDP inside, with
+            ``--trainer.devices=K``); disjoint groups, see :func:`dsum.sweep.workers.gpu_groups`.
+        in_process: Run ``validate``/``test`` trials of ``main.py`` in one long-lived process per worker, which
+            keeps the loaded model and reuses generations, and fork ``fit`` trials from a per-worker server that
+            imported torch/Lightning once (:mod:`dsum.sweep.inprocess`); None: on unless ``DSUM_SWEEP_IN_PROCESS=0``.
 
     Raises:
         SweepSpecError: the YAML is invalid, or asks for what the local engine cannot do exactly.
-        SweepStopped: too many failures in a row, or interrupted (after writing the summary).
+        SweepStopped: every trial failed, too many failures in a row, or interrupted (after writing the
+            summary).
     """
+    from dsum.sweep.inprocess import run_sweep
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return LocalSweep(sweep_file, count, workers, storage, max_consecutive_failures).run()
+    sweep = LocalSweep(sweep_file, count, workers, storage, max_consecutive_failures, gpus_per_worker)
+    return run_sweep(sweep, in_process)  # validate/test trials in-process unless opted out

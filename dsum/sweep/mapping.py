@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+from lightning.pytorch.utilities import rank_zero_only
 import yaml
 from jsonargparse import Namespace
 
+from dsum.constants import SWEEP_DIR_ENV
 from dsum.callbacks.record import SWEEP_PARAMS_ENV
 from dsum.secrets import redact, secret_values
 
@@ -41,7 +43,6 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 ROOTS = ("model", "data", "trainer", "checkpoint", "early_stopping", "outputs", "submission", "divergence",
          "last_checkpoint")
 NATIVE_OPTIONS = {"config", "c", "ckpt_path", "seed_everything", "print_config", "h", "help", *ROOTS}
-SWEEP_DIR_ENV = "DSUM_SWEEP_DIR"
 # Lightning reads an int as a count and a float as a fraction here: `1.0` must not become `1`.
 FRACTION_KEYS = {f"trainer.limit_{s}_batches" for s in ("train", "val", "test", "predict")} | {
     "trainer.val_check_interval", "trainer.overfit_batches"}
@@ -98,12 +99,19 @@ _TABLE: list[tuple[tuple[str, ...], str, Mapping[Any, Any] | None]] = [
     (("lora_r",), "model.lora.r", None),
     (("lora_alpha",), "model.lora.alpha", None),
     (("lora_dropout",), "model.lora.dropout", None),
+    (("lora_dora", "use_dora"), "model.lora.use_dora", None),
+    (("lora_rslora", "use_rslora"), "model.lora.use_rslora", None),
+    (("lora_init",), "model.lora.init", None),
+    (("lora_plus_ratio", "loraplus_lr_ratio"), "model.lora.plus_lr_ratio", None),
+    (("neftune_alpha", "neftune_noise_alpha"), "model.neftune_alpha", None),
+    (("packing",), "model.packing", None),
     (("prompt",), "data.prompt_template", None),
     (("max_nonfinite_steps",), "divergence.max_nonfinite_steps", None),
     (("save_every_n_steps",), "last_checkpoint.every_n_train_steps", None),
 ]
 ALIASES: dict[str, Alias] = {name: Alias(key, values) for names, key, values in _TABLE for name in names}
-BOOL_ALIASES = {name for name, alias in ALIASES.items() if alias.values and True in alias.values} | {"do_sample"}
+BOOL_ALIASES = {name for name, alias in ALIASES.items() if alias.values and True in alias.values} | {
+    "do_sample", "lora_dora", "use_dora", "lora_rslora", "use_rslora", "packing"}
 
 PRESET_PARAM = "model_preset"
 # Each family with its own config (and so its own optimiser, lr and lengths) and checkpoint.
@@ -275,8 +283,9 @@ def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+@rank_zero_only  # Lightning's rank from RANK, LOCAL_RANK, SLURM_PROCID, ... (torchrun, srun, its own workers)
 def _note(message: str) -> None:
-    if all(os.environ.get(v, "0") in ("", "0") for v in ("LOCAL_RANK", "NODE_RANK")):
+    if os.environ.get("NODE_RANK", "0") in ("", "0"):  # `NODE_RANK=k main.py`: each node's first process
         print(f"dsum.sweep: {message}", file=sys.stderr, flush=True)
 
 

@@ -27,6 +27,7 @@ import lightning.pytorch as L
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from dsum.constants import MONITOR
 from dsum.callbacks.record import request_stop
 
 if TYPE_CHECKING:  # optuna is imported only by sweeps and their trials
@@ -231,6 +232,6 @@ def pruning_callbacks(environ: Mapping[str, str] | None = None) -> list[L.Callba
         storage=env[STORAGE_ENV],
         study=env[STUDY_ENV],
         trial=int(env[TRIAL_ENV]),
-        metric=env.get(METRIC_ENV) or "val/rouge_mean",
+        metric=env.get(METRIC_ENV) or MONITOR,
         early_terminate=json.loads(env.get(PRUNER_ENV) or "null"),
     )]

@@ -12,18 +12,18 @@ A model is compared only with the models of its own key, so a score on another v
 tokenizer never replaces (or blocks) another. Runs scored on the bundled sample data or built on ``dsum.tiny``
 models are *sandbox* runs: :func:`registry_for` sends them to ``models/sandbox`` so they never reach the registry
 that real runs use. Promotion is atomic (a version is built beside, then renamed into place; the alias is a
-symlink swapped with one rename) and serialised per key by an exclusive ``fcntl`` lock.
+symlink swapped with one rename) and serialised per key by an exclusive file lock (``filelock``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from filelock import FileLock
 
 from dsum.files import atomic_write_dir, atomic_write_json, is_complete_dir, read_json
 
@@ -46,6 +47,7 @@ KEY_FILE = "key.json"
 META_FILE = "meta.json"
 EVENTS_FILE = "events.jsonl"
 VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
+VERSION_ARG = re.compile(r"^v?([1-9][0-9]*)$")  # what the CLI accepts for a version: v<N> or <N>
 Goal = Literal["maximize", "minimize"]
 
 class RegistryError(ValueError):
@@ -64,11 +66,9 @@ def beats(value: float, incumbent: float | None, goal: Goal) -> bool:
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
+    """The SHA-256 of a file's bytes, hex."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- the key
@@ -135,7 +135,10 @@ def _load_config(path: Path) -> dict[str, Any]:
 
 def _is_tiny(model_dir: str | Path | None) -> bool:
     config = Path(model_dir) / "config.json" if model_dir else None
-    return bool(config and config.is_file() and read_json(config).get(TINY_MARKER))
+    if not (config and config.is_file()):
+        return False
+    data = _read_registry_json(config)
+    return isinstance(data, dict) and bool(data.get(TINY_MARKER))
 
 
 def _is_sample(val_sha256: str, val_file: Path) -> bool:
@@ -237,12 +240,8 @@ def _check_value(value: Any, metric: str) -> float:
 def key_lock(key_dir: Path) -> Iterator[None]:
     """Exclusive lock shared by every process writing to one key (same machine, or NFS with working locks)."""
     key_dir.mkdir(parents=True, exist_ok=True)
-    with open(key_dir / ".lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(key_dir / ".lock"):
+        yield
 
 
 def versions(key_dir: str | Path) -> list[int]:
@@ -263,11 +262,82 @@ def alias_version(key_dir: str | Path, alias: str = BEST) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _read_registry_json(path: Path) -> Any:
+    """A JSON file the registry reads (``meta.json``, ``key.json``, ``config.json``); a damaged one is a
+    :class:`RegistryError` naming it."""
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as error:
+        raise RegistryError(f"{path}: not valid JSON ({error.msg}: line {error.lineno} column {error.colno})"
+                            ) from None
+    except UnicodeDecodeError:
+        raise RegistryError(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise RegistryError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
+def check_meta(meta: Any, path: str | Path, version: int | None = None) -> dict[str, Any]:
+    """``meta`` if it is a usable version record: a JSON object with a finite number at ``metric.value`` (and,
+    when ``version`` is given, ``version`` equal to it).
+
+    Raises:
+        RegistryError: Naming the file and the missing or bad key.
+    """
+    if not isinstance(meta, dict):
+        raise RegistryError(f"{path}: not a JSON object (found {type(meta).__name__})")
+    metric = meta.get("metric")
+    if not isinstance(metric, dict) or "value" not in metric:
+        raise RegistryError(f"{path}: no metric.value (the version's score is missing)")
+    value = metric["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RegistryError(f"{path}: metric.value={value!r} is not a number")
+    if not math.isfinite(value):
+        raise RegistryError(f"{path}: metric.value={value} is not finite")
+    if version is not None and (isinstance(meta.get("version"), bool) or meta.get("version") != version):
+        raise RegistryError(f"{path}: version={meta.get('version')!r}, but the directory is v{version}")
+    return meta
+
+
 def version_meta(key_dir: str | Path, version: int) -> dict[str, Any]:
+    """The checked ``meta.json`` of ``v<version>``.
+
+    Raises:
+        RegistryError: No such version, or its ``meta.json`` is damaged (naming the file and key).
+    """
     path = Path(key_dir) / f"v{version}" / META_FILE
     if not path.is_file():
         raise RegistryError(f"{path.parent}: no such version (versions: {versions(key_dir) or 'none'})")
-    return read_json(path)
+    return check_meta(_read_registry_json(path), path, version)
+
+
+def key_dir_of(registry: str | Path, key: str) -> Path:
+    """The directory of ``key``, an existing evaluation key of ``registry`` (as ``registry list`` names it).
+
+    Creates nothing; a name that is not one of the registry's keys (unknown, a path, ``..``) is refused, so no
+    command can reach outside the registry root.
+
+    Raises:
+        RegistryError: Naming the registry, the key and the keys it has.
+    """
+    root = Path(registry)
+    known = sorted(p.name for p in root.glob("*") if (p / KEY_FILE).is_file()) if root.is_dir() else []
+    if key not in known:  # names of entries of root: never a path, never `..`
+        shown = ", ".join(known[:5]) + (f", ... ({len(known)} in all)" if len(known) > 5 else "")
+        raise RegistryError(f"{root}: no evaluation key {key!r} (keys: {shown or 'none'})")
+    return root / key
+
+
+def parse_version(text: str | int, key_dir: str | Path) -> int:
+    """The number of a version argument (``v<N>`` or ``<N>``).
+
+    Raises:
+        RegistryError: Naming the bad value and the versions ``key_dir`` has.
+    """
+    match = VERSION_ARG.match(str(text).strip())
+    if match is None:
+        have = ", ".join(f"v{v}" for v in versions(key_dir)) or "none"
+        raise RegistryError(f"{key_dir}: bad version {str(text)!r}: use v<N> or <N> (versions: {have})")
+    return int(match.group(1))
 
 
 def _point_alias(key_dir: Path, alias: str, version: int) -> None:
@@ -285,7 +355,9 @@ def _log_event(key_dir: Path, **event: Any) -> None:
 def _check_key(key_dir: Path, key: EvaluationKey) -> None:
     path = key_dir / KEY_FILE
     if path.is_file():
-        stored = read_json(path)
+        stored = _read_registry_json(path)
+        if not isinstance(stored, dict):
+            raise RegistryError(f"{path}: not a JSON object; cannot tell which evaluation key this directory holds")
         if stored.get("digest") != key.digest():
             raise RegistryError(f"{path}: holds another evaluation key ({stored.get('digest')}, not {key.digest()})")
     else:
@@ -303,7 +375,11 @@ class Promotion:
 
 
 def current_best(key_dir: str | Path) -> dict[str, Any] | None:
-    """The ``meta.json`` of the version ``best`` points at, or None."""
+    """The ``meta.json`` of the version ``best`` points at, or None.
+
+    Raises:
+        RegistryError: ``best`` points at a missing version, or its ``meta.json`` is damaged.
+    """
     version = alias_version(key_dir)
     return None if version is None else version_meta(key_dir, version)
 
@@ -326,7 +402,10 @@ def promote_if_better(candidate: str | Path, value: float, key: EvaluationKey,
         A :class:`Promotion`.
 
     Raises:
-        RegistryError: A non-finite value, an incomplete candidate, non-finite weights.
+        RegistryError: A non-finite value, an incomplete candidate, non-finite weights, a damaged ``key.json``.
+
+    A damaged incumbent (``best`` points at a missing version, or its ``meta.json`` has no finite
+    ``metric.value``) cannot be compared with: a one-line warning names it and any valid candidate replaces it.
     """
     candidate = Path(candidate)
     value = _check_value(value, key.metric)
@@ -336,7 +415,13 @@ def promote_if_better(candidate: str | Path, value: float, key: EvaluationKey,
     key_dir = Path(registry) / key.slug()
     with key_lock(key_dir):
         _check_key(key_dir, key)
-        incumbent = current_best(key_dir)
+        damaged: int | None = None
+        try:
+            incumbent = current_best(key_dir)
+        except RegistryError as error:
+            damaged, incumbent = alias_version(key_dir), None
+            print(f"dsum: warning: {error}; the '{BEST}' version v{damaged} is unusable, so the candidate "
+                  "replaces it", file=sys.stderr, flush=True)
         if not beats(value, None if incumbent is None else incumbent["metric"]["value"], key.goal):
             return Promotion(False, key_dir, None, incumbent)
         # Never reuse a number, not even one a crash left behind: versions are immutable.
@@ -347,7 +432,7 @@ def promote_if_better(candidate: str | Path, value: float, key: EvaluationKey,
             "metric": {"name": key.metric, "value": value, "goal": key.goal, "settings": key.settings},
             "validation": {"sha256": key.val_sha256, "val_subset": key.val_subset, "file": key.val_name},
             **(meta or {}), "candidate": str(candidate), "promoted_at": _now(),
-            "replaced": None if incumbent is None else incumbent["version"],
+            "replaced": damaged if incumbent is None else incumbent["version"],
         }
 
         def fill(staging: Path) -> None:
@@ -357,7 +442,8 @@ def promote_if_better(candidate: str | Path, value: float, key: EvaluationKey,
 
         atomic_write_dir(target, fill)
         _point_alias(key_dir, BEST, version)
-        _log_event(key_dir, event="promoted", version=version, value=value, run_id=record.get("run_id"))
+        _log_event(key_dir, event="promoted", version=version, value=value, run_id=record.get("run_id"),
+                   **({"replaced_damaged": damaged} if damaged is not None else {}))
     if wandb_run:
         try:
             log_wandb_model(target, record, **wandb_run)
@@ -370,11 +456,18 @@ def move_alias(key_dir: str | Path, version: int, alias: str = BEST) -> dict[str
     """Point ``alias`` at an existing version (roll back to an earlier model); returns that version's meta.
 
     Later promotions must beat the version the alias now points at.
+
+    Raises:
+        RegistryError: ``key_dir`` is not a key (nothing is created), no such version, or its ``meta.json`` is
+            damaged (an alias never moves to a version that cannot be compared with).
     """
     key_dir = Path(key_dir)
+    if not (key_dir / KEY_FILE).is_file():
+        raise RegistryError(f"{key_dir}: not an evaluation key of a registry (no {KEY_FILE})")
     with key_lock(key_dir):
         if version not in versions(key_dir):
             raise RegistryError(f"{key_dir}: no version v{version} (versions: {versions(key_dir) or 'none'})")
+        version_meta(key_dir, version)  # refuse a damaged version before the alias moves
         before = alias_version(key_dir, alias)
         _point_alias(key_dir, alias, version)
         _log_event(key_dir, event="alias_moved", alias=alias, version=version, previous=before)
@@ -383,24 +476,44 @@ def move_alias(key_dir: str | Path, version: int, alias: str = BEST) -> dict[str
 
 def resolve(path: str | Path) -> dict[str, Any] | None:
     """If ``path`` is a registry version or alias (``models/registry/<key>/best``), its version facts:
-    ``{"path", "key", "version", "value"}``; else None. Sweeps record this for the model they tune."""
+    ``{"path", "key", "version", "value"}``; else None. Sweeps record this for the model they tune.
+    A damaged ``meta.json`` gives the facts with None values and an ``error`` naming the file and key."""
     path = Path(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
         return None
-    meta = read_json(meta_path)
-    return {"path": str(path), "resolved": str(path.resolve()), "key": meta.get("key"), "version": meta.get("version"),
-            "value": (meta.get("metric") or {}).get("value"), "run_id": meta.get("run_id")}
+    facts: dict[str, Any] = {"path": str(path), "resolved": str(path.resolve())}
+    try:
+        meta = check_meta(_read_registry_json(meta_path), meta_path)
+    except RegistryError as error:
+        return {**facts, "key": None, "version": None, "value": None, "run_id": None, "error": str(error)}
+    return {**facts, "key": meta.get("key"), "version": meta.get("version"), "value": meta["metric"]["value"],
+            "run_id": meta.get("run_id")}
 
 
 def list_keys(registry: str | Path = DEFAULT_REGISTRY) -> list[dict[str, Any]]:
-    """Every key of a registry with its versions and where ``best`` points."""
+    """Every key of a registry with its versions and where ``best`` points.
+
+    A damaged file does not hide the rest: a key whose ``key.json`` is damaged has ``evaluation_key`` None and an
+    ``error``; a damaged version is ``{"version": N, "error": ...}`` (the message names the file and key).
+    """
     registry = Path(registry)
     rows = []
     for key_dir in sorted(p for p in registry.glob("*") if (p / KEY_FILE).is_file()):
-        rows.append({"key": key_dir.name, "evaluation_key": read_json(key_dir / KEY_FILE),
-                     "best": alias_version(key_dir),
-                     "versions": [version_meta(key_dir, v) for v in versions(key_dir)]})
+        row: dict[str, Any] = {"key": key_dir.name, "evaluation_key": None, "best": alias_version(key_dir)}
+        try:
+            row["evaluation_key"] = _read_registry_json(key_dir / KEY_FILE)
+            if not isinstance(row["evaluation_key"], dict):
+                raise RegistryError(f"{key_dir / KEY_FILE}: not a JSON object")
+        except RegistryError as error:
+            row.update(evaluation_key=None, error=str(error))
+        row["versions"] = []
+        for number in versions(key_dir):
+            try:
+                row["versions"].append(version_meta(key_dir, number))
+            except RegistryError as error:
+                row["versions"].append({"version": number, "error": str(error)})
+        rows.append(row)
     return rows
 
 

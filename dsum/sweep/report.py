@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsum.files import atomic_write_text, read_json
+from dsum.constants import MONITOR
+from dsum.files import atomic_open, atomic_write_text, read_json
 from dsum.secrets import redact_text
 from dsum.sweep.registry import Goal, beats
 from dsum.sweep.summary import collect_trials
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-DEFAULT_METRIC = "val/rouge_mean"
+DEFAULT_METRIC = MONITOR
 DEFAULT_GOAL: Goal = "maximize"
 COMPLETED = "completed"
 # A positive numeric parameter spanning at least this ratio (max/min) is drawn on a log axis.
@@ -79,7 +78,8 @@ def write_report(sweep_dir: str | Path, top: int = 10, sweep_id: str | None = No
         metric, goal = sweep_metric(sweep_dir, group_id)
         stem = "report" if sweep_id is None and len(groups) == 1 else f"report_{_file_safe(group_id)}"
         png, md = sweep_dir / f"{stem}.png", sweep_dir / f"{stem}.md"
-        _save_figure(plot_report(trials, metric, goal, group_id), png)
+        with atomic_open(png, "wb") as handle:  # a reader never sees half an image
+            plot_report(trials, metric, goal, group_id).savefig(handle, format="png")
         atomic_write_text(md, markdown_report(trials, metric, goal, group_id, top, image=png.name))
         written += [png, md]
     return written
@@ -399,18 +399,6 @@ def plot_report(trials: list[dict[str, Any]], metric: str, goal: Goal, sweep_id:
         detail += f"; best {best['run_id']} = {_fmt(metric_value(best))}"
     figure.suptitle(_ascii(f"{headline}\n{detail}"), fontsize=12)
     return figure
-
-
-def _save_figure(figure: Figure, path: Path) -> None:
-    """PNG written beside ``path`` then renamed over it, so a reader never sees half an image."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _file_safe(sweep_id: str | None) -> str:

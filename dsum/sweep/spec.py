@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from dsum.constants import MONITOR
 from dsum.sweep import mapping as P
 
 # Value types of the keys sweeps commonly set, to catch distributions that cannot produce a valid value (a float
@@ -33,8 +34,10 @@ FLOAT_KEYS = frozenset({
     "model.learning_rate", "model.weight_decay", "model.warmup_ratio", "model.label_smoothing",
     "model.generation.length_penalty", "model.generation.top_p", "model.generation.temperature",
     "early_stopping.min_delta", "trainer.gradient_clip_val", "model.lora.dropout", "data.length_noise", P.LR_SCALE,
+    "model.lora.plus_lr_ratio", "model.neftune_alpha",
 })
-BOOL_KEYS = frozenset({"model.generation.do_sample", "model.generation.early_stopping", "fp16", "bf16"})
+BOOL_KEYS = frozenset({"model.generation.do_sample", "model.generation.early_stopping", "fp16", "bf16",
+                       "model.lora.use_dora", "model.lora.use_rslora", "model.packing"})
 
 __all__ = [
     "LOGGED_METRICS",
@@ -68,7 +71,7 @@ LOGGED_METRICS: dict[str, str | None] = {
     "val/rouge1": "maximize",
     "val/rouge2": "maximize",
     "val/rougeL": "maximize",
-    "val/rouge_mean": "maximize",
+    MONITOR: "maximize",
     "val/rouge_mean_best": "maximize",
     "val/gen_len": None,
     "test/loss": "minimize",

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from dsum.constants import MONITOR, SWEEP_DIR_ENV
 from dsum.callbacks.record import RUN_RECORD
+from dsum.fidelity import FIDELITY_KEYS
 from dsum.files import atomic_write_json, atomic_write_text, read_json
 from dsum.secrets import redact
 from dsum.sweep.registry import (
@@ -29,7 +31,7 @@ TRIAL_RECORDS = (RUN_RECORD, "validate.json")
 
 def sweep_dir_for(name: str, root: str | Path = "outputs") -> Path:
     """Where a sweep's trials and summaries live: ``$DSUM_SWEEP_DIR`` if set, else ``outputs/sweep_<name>``."""
-    return Path(os.environ.get("DSUM_SWEEP_DIR") or Path(root) / f"sweep_{name}")
+    return Path(os.environ.get(SWEEP_DIR_ENV) or Path(root) / f"sweep_{name}")
 
 
 def record_metric(record: dict[str, Any], metric: str, goal: Goal) -> float | None:
@@ -53,7 +55,7 @@ def trial_record(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None, metric: str = "val/rouge_mean",
+def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None, metric: str = MONITOR,
                    goal: Goal = "maximize") -> list[dict[str, Any]]:
     """One row per trial under ``<sweep_dir>/runs/*``: run id, state, metric, params, paths."""
     rows = []
@@ -73,8 +75,21 @@ def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None, metric: s
             "best_model": record.get("best_model"),
             "started_at": (record.get("history") or [{}])[0].get("started_at"),
             "model_version": evaluated_version(run_dir),
+            "fidelity": fidelity_at_best(record, metric, goal),
         })
     return rows
+
+
+def fidelity_at_best(record: dict[str, Any], metric: str, goal: Goal) -> dict[str, float] | None:
+    """Mask precision, recall, F1 and length ratio (:mod:`dsum.fidelity`) of the validation that scored the
+    trial's best ``metric`` (the record's final metrics for a ``validate`` trial), or None if not recorded."""
+    prefix = metric.split("/", 1)[0] + "/" if "/" in metric else ""
+    entries = [h for h in record.get("metrics_history") or []
+               if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+    entry = (max if goal == "maximize" else min)(entries, key=lambda h: h[metric]) if entries else \
+        record.get("final_metrics") or {}
+    found = {key: entry[prefix + key] for key in FIDELITY_KEYS if isinstance(entry.get(prefix + key), (int, float))}
+    return found or None
 
 
 def evaluated_version(run_dir: Path) -> dict[str, Any] | None:
@@ -107,7 +122,8 @@ def promote_best(best: dict[str, Any], sweep_id: str, metric: str, goal: Goal, r
                   "val_file": facts.val_file, "sandbox": facts.sandbox},
             wandb_run={"run_id": wandb_info.get("run_id"), "project": wandb_info.get("project")} if online else None,
         )
-    except (RegistryError, FileNotFoundError) as error:
+    except (RegistryError, OSError, ValueError, yaml.YAMLError) as error:
+        # A damaged file (key.json, config.yaml, a half-written export): the summary reports it and goes on.
         print(f"dsum: not promoted: {error}", file=sys.stderr)
         return {"promoted": False, "registry": None, "registry_key": None, "registry_version": None,
                 "promotion_error": str(error)}
@@ -145,11 +161,12 @@ def best_trial(trials: list[dict[str, Any]], goal: Goal) -> dict[str, Any] | Non
 def summarize(
     sweep_dir: str | Path,
     sweep_id: str,
-    metric: str = "val/rouge_mean",
+    metric: str = MONITOR,
     goal: Goal = "maximize",
     wandb_path: str | None = None,
     registry: str | Path | None = DEFAULT_REGISTRY,
     sandbox_registry: str | Path = SANDBOX_REGISTRY,
+    trial_rows: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``<sweep_dir>/<sweep_id>_summary.json`` and ``<sweep_id>_runs.csv``; promote the best model.
 
@@ -161,10 +178,13 @@ def summarize(
         wandb_path: ``entity/project/sweep_id`` to also read trials from the W&B API; local records win.
         registry: Registry root real runs promote into, or None not to promote.
         sandbox_registry: Registry root for runs on the bundled sample data or on ``dsum.tiny`` models.
+        trial_rows: The trials (one :func:`collect_trials` row each) instead of the run records under
+            ``sweep_dir``: the local engine passes its study's, which every machine sharing it reads alike.
     """
     sweep_dir = Path(sweep_dir)
     trials = {t["run_id"]: t for t in (wandb_trials(wandb_path, metric) if wandb_path else [])}
-    trials.update({t["run_id"]: t for t in collect_trials(sweep_dir, sweep_id, metric, goal)})
+    local = collect_trials(sweep_dir, sweep_id, metric, goal) if trial_rows is None else trial_rows
+    trials.update({t["run_id"]: t for t in local})
     rows = sorted(trials.values(), key=lambda t: str(t.get("started_at") or ""))
     values = [t["metric"] for t in rows if t["metric"] is not None and t["state"] == "completed"]
     best = best_trial([t for t in rows if t["state"] == "completed"], goal)

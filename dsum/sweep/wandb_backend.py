@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dsum.constants import SWEEP_DIR_ENV
 from dsum.secrets import refuse_secret_values
 from dsum.sweep.spec import load_sweep, validate_sweep
 from dsum.sweep.summary import sweep_dir_for
 from dsum.tracking import has_wandb_credentials
 
-SWEEP_DIR_ENV = "DSUM_SWEEP_DIR"
 
 
 def sweep_name(config: dict[str, Any], path: str | Path) -> str:

@@ -51,6 +51,24 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def gpu_groups(gpus: list[str], workers: int, per_worker: int = 1) -> list[str | None]:
+    """``CUDA_VISIBLE_DEVICES`` for each worker: disjoint groups of ``per_worker`` GPUs (for trials that run DDP
+    inside, with ``--trainer.devices=per_worker``), shared round robin when there are more workers than groups.
+    GPUs left over by an uneven split stay unused. ``[None, ...]`` without GPUs.
+
+    Raises:
+        ValueError: ``per_worker`` < 1, or more GPUs per worker than are visible.
+    """
+    if per_worker < 1:
+        raise ValueError(f"gpus_per_worker must be >= 1, got {per_worker}")
+    if not gpus:
+        return [None] * workers
+    if per_worker > len(gpus):
+        raise ValueError(f"gpus_per_worker={per_worker} but only {len(gpus)} GPU(s) are visible ({','.join(gpus)})")
+    groups = [",".join(gpus[i:i + per_worker]) for i in range(0, len(gpus) - per_worker + 1, per_worker)]
+    return [groups[i % len(groups)] for i in range(workers)]
+
+
 def cpu_threads_env(workers: int) -> dict[str, str]:
     """Without GPUs, split the CPU cores between concurrent workers: every process defaulting to all cores
     oversubscribes the machine and runs several times slower. An explicit ``OMP_NUM_THREADS`` wins."""
@@ -59,21 +77,21 @@ def cpu_threads_env(workers: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
 
 
-def run_workers(commands: list[list[str]], log_dir: str | Path, env: dict[str, str] | None = None) -> list[WorkerResult]:
-    """Start every command at once, each pinned to its own GPU when GPUs exist, and wait for all.
+def run_workers(commands: list[list[str]], log_dir: str | Path, env: dict[str, str] | None = None,
+                gpus_per_worker: int = 1) -> list[WorkerResult]:
+    """Start every command at once, each pinned to its own GPUs when GPUs exist, and wait for all.
 
-    Worker ``i`` gets ``CUDA_VISIBLE_DEVICES`` = the i-th visible GPU (round robin when there are more
-    workers than GPUs) and writes stdout+stderr to ``<log_dir>/worker_<i>.log``. A failing worker does
-    not stop the others.
+    Worker ``i`` gets ``CUDA_VISIBLE_DEVICES`` = its group of ``gpus_per_worker`` visible GPUs (:func:`gpu_groups`)
+    and writes stdout+stderr to ``<log_dir>/worker_<i>.log``. A failing worker does not stop the others.
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    gpus = visible_gpus()
+    pinned = gpu_groups(visible_gpus(), len(commands), gpus_per_worker)
     env = {**cpu_threads_env(len(commands)), **(env or {})}
     running = []
     for i, command in enumerate(commands):
         worker_env = {**os.environ, **(env or {})}
-        gpu = gpus[i % len(gpus)] if gpus else None
+        gpu = pinned[i]
         if gpu is not None:
             worker_env["CUDA_VISIBLE_DEVICES"] = gpu
         log_file = log_dir / f"worker_{i}.log"

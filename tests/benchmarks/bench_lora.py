@@ -3,13 +3,14 @@
 One command (see ``tests/benchmarks/README.md``)::
 
     nice -n 10 python tests/benchmarks/bench_lora.py [--steps 20] [--out results.json] [--gpu auto|on|off]
+        [--cpu on|off]
 
 Each variant trains in its own subprocess (peak memory per variant), same data, seed, batch and lengths, through
 ``DsumCLI`` with ``configs/quickstart-llm.yaml`` and the variant's overrides:
 
-- CPU, on the tiny chat LLM of ``python -m dsum.tiny`` (built into a temporary directory unless ``--tiny DIR``):
-  ``cpu/lora`` (LoRA r 16 on every linear projection) vs ``cpu/full`` (full fine-tuning): median step time,
-  tokens/s, peak RSS and ``last.ckpt`` size side by side.
+- CPU (``--cpu off`` skips it), on the tiny chat LLM of ``python -m dsum.tiny`` (built into a temporary directory
+  unless ``--tiny DIR``): ``cpu/lora`` (LoRA r 16 on every linear projection) vs ``cpu/full`` (full fine-tuning):
+  median step time, tokens/s, peak RSS and ``last.ckpt`` size side by side.
 - GPU (``--gpu auto`` runs it when CUDA is available): a randomly initialised ~1.1B Llama (TinyLlama's shape:
   hidden 2048, 22 layers, GQA 32/4, SwiGLU 5632; no download) in bf16: ``gpu/qlora`` (nf4, paged 8-bit AdamW),
   ``gpu/lora_bf16``, ``gpu/full`` (bf16-mixed AdamW), and ``gpu/trl_qlora``: TRL's ``SFTTrainer`` with the same
@@ -17,7 +18,9 @@ Each variant trains in its own subprocess (peak memory per variant), same data, 
   peak GPU memory (``torch.cuda.max_memory_allocated``); the last line is ``dsum/trl tokens/s = ...x``.
 
 Tokens/s counts the non-padding prompt + summary tokens of the timed steps (the first ``--warmup`` steps are left
-out). This file is not collected by pytest (its name does not match ``test_*.py``).
+out). Every variant's process sees one GPU (``CUDA_VISIBLE_DEVICES``: the first visible one), so the TRL row's HF
+Trainer cannot spread over the host's GPUs with ``nn.DataParallel``. This file is not collected by pytest (its name
+does not match ``test_*.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,10 @@ ONE_B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22
 CPU_VARIANTS = {
     "cpu/lora": [],
     "cpu/full": ["--model.lora=null"],
+    # Packing (model.packing): the same loss per example (tests/test_packing.py), so only speed differs.
+    "cpu/lora_packed": ["--model.packing=true"],
+    "cpu/lora_random": ["--data.batching=random"],
+    "cpu/lora_random_packed": ["--data.batching=random", "--model.packing=true"],
 }
 GPU_COMMON = ["--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.precision=bf16-mixed",
               "--model.gradient_checkpointing=true"]
@@ -117,22 +125,39 @@ def run_dsum(model: str, run_dir: Path, steps: int, batch_size: int, warmup: int
     }
 
 
+def trl_dataset(model: str | Path, run_dir: Path) -> tuple[Any, Any]:
+    """The TRL row's training data: the data module's chat prompts and summaries (the dsum rows' examples), as
+    a pre-tokenized ``datasets.Dataset`` of ``input_ids`` (prompt + summary) and ``completion_mask`` (1 on the
+    summary), which ``SFTTrainer`` trains on as is with ``completion_only_loss``; and the data module's tokenizer
+    (the data's masks added).
+
+    ``fit`` needs a validation file; the dsum rows' (``dev.csv``) is read but not used.
+    """
+    from datasets import Dataset
+
+    from dsum.data import DialogueDataModule
+
+    dm = DialogueDataModule(str(model), train_file=str(CSV), val_file=str(CSV.with_name("dev.csv")),
+                            decoder_only=True, prompt_template="chat", encoder_max_len=512, decoder_max_len=64,
+                            cache_dir=str(run_dir / "cache"))
+    dm.setup("fit")
+    features = dm.splits["train"].features
+    prompts, summaries = features["input_ids"], features["labels"]
+    data = Dataset.from_dict({
+        "input_ids": [p + s for p, s in zip(prompts, summaries)],
+        "completion_mask": [[0] * len(p) + [1] * len(s) for p, s in zip(prompts, summaries)],
+    })
+    return data, dm.tokenizer
+
+
 def run_trl(model: str, run_dir: Path, steps: int, batch_size: int, warmup: int) -> dict[str, Any]:
     """TRL SFTTrainer with the same LoRA, nf4 quantization, paged 8-bit AdamW, prompts (the data module's) and batch."""
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from dsum.data import DialogueDataModule
-
-    dm = DialogueDataModule(model, train_file=str(CSV), decoder_only=True, prompt_template="chat",
-                            encoder_max_len=512, decoder_max_len=64, cache_dir=str(run_dir / "cache"))
-    dm.setup("fit")
-    features = dm.splits["train"].features
-    data = Dataset.from_dict({"prompt": features["input_ids"], "completion": features["labels"]})
-    tokenizer = dm.tokenizer
+    data, tokenizer = trl_dataset(model, run_dir)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
     base = AutoModelForCausalLM.from_pretrained(model, quantization_config=quant, dtype=torch.bfloat16,
@@ -156,13 +181,13 @@ def run_trl(model: str, run_dir: Path, steps: int, batch_size: int, warmup: int)
             times.append(time.perf_counter() - Timer.start)
 
     config = SFTConfig(output_dir=str(run_dir / "trl"), max_steps=steps, per_device_train_batch_size=batch_size,
-                       learning_rate=5e-3, lr_scheduler_type="cosine", warmup_ratio=0.05, bf16=True,
+                       learning_rate=5e-3, lr_scheduler_type="cosine", warmup_steps=0.05, bf16=True,
                        optim="paged_adamw_8bit", logging_steps=10**6, save_strategy="no", report_to=[],
                        completion_only_loss=True, gradient_checkpointing=True, seed=42, dataloader_num_workers=0)
     torch.cuda.reset_peak_memory_stats()
     trainer = SFTTrainer(model=base, args=config, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[Timer()])
-    lengths = [len(p) + len(c) for p, c in zip(features["input_ids"], features["labels"])]
+    lengths = [len(ids) for ids in data["input_ids"]]
     trainer.train()
     per_step = sum(lengths) / len(lengths) * batch_size  # TRL samples randomly: the mean tokens per step
     timed = times[warmup:]
@@ -184,6 +209,9 @@ def build_one_b(tiny: Path, out: Path) -> Path:
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the variants' processes need this GPU's memory, not this process
     return out
 
 
@@ -199,11 +227,21 @@ def child(opts: argparse.Namespace) -> None:
 
 
 # ================================================================================ parent
+def one_gpu_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a variant's process, seeing one GPU: ``CUDA_VISIBLE_DEVICES`` is the first device that ``env``
+    makes visible (``0`` when it names none). HF's Trainer (the TRL row) would otherwise wrap the model in
+    ``nn.DataParallel`` across every GPU of the host. An empty value (no GPU) stays empty."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    first = "0" if visible is None else visible.split(",")[0].strip()
+    return {**env, "CUDA_VISIBLE_DEVICES": first}
+
+
 def run_variant(variant: str, model: Path, work: Path, opts: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--model", str(model),
            "--run-dir", str(work / variant.replace("/", "_")), "--steps", str(opts.steps),
            "--batch-size", str(opts.batch_size), "--warmup", str(opts.warmup)]
-    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, cwd=REPO, env=one_gpu_env({**os.environ, **CHILD_ENV}), capture_output=True, text=True,
+                          check=False)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return {"variant": variant, **json.loads(line[len("RESULT "):])}
@@ -231,6 +269,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tiny", default=None, help="tiny chat LLM directory (default: built into a temp dir)")
     parser.add_argument("--gpu", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--cpu", choices=["on", "off"], default="on", help="the CPU rows (off: GPU rows only)")
     parser.add_argument("--out", default=None, help="write every figure as JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -251,7 +290,7 @@ def main() -> None:
             from dsum.tiny_llm import build_tiny_llm
 
             tiny = build_tiny_llm(work / "tiny_llm", CSV)
-        rows = [run_variant(v, tiny, work, opts) for v in CPU_VARIANTS]
+        rows = [run_variant(v, tiny, work, opts) for v in CPU_VARIANTS] if opts.cpu == "on" else []
         gpu = opts.gpu == "on" or (opts.gpu == "auto" and torch.cuda.is_available())
         if gpu:
             one_b = build_one_b(tiny, work / "llama_1b")
@@ -270,6 +309,9 @@ def main() -> None:
     cpu = {r["variant"]: r for r in rows}
     if cpu.get("cpu/lora", {}).get("checkpoint_mb") and cpu.get("cpu/full", {}).get("checkpoint_mb"):
         print(f"checkpoint lora/full = {cpu['cpu/lora']['checkpoint_mb'] / cpu['cpu/full']['checkpoint_mb']:.3f}")
+    for plain, packed in (("cpu/lora", "cpu/lora_packed"), ("cpu/lora_random", "cpu/lora_random_packed")):
+        if cpu.get(plain, {}).get("median_step_s") and cpu.get(packed, {}).get("median_step_s"):
+            print(f"{packed}/{plain} step time = {cpu[packed]['median_step_s'] / cpu[plain]['median_step_s']:.2f}x")
     if cpu.get("gpu/qlora", {}).get("tokens_per_s") and cpu.get("gpu/trl_qlora", {}).get("tokens_per_s"):
         print(f"dsum/trl tokens/s = {cpu['gpu/qlora']['tokens_per_s'] / cpu['gpu/trl_qlora']['tokens_per_s']:.2f}x")
 

@@ -37,6 +37,9 @@ generation, decoding, ROUGE) against a plain HF ``generate`` loop over the same 
 Switches (``--switches``, or ``+name[=value]`` after a dsum row) measure one setting on and off in the same
 run: ``compile``, ``attn=...``, ``dropout=...``, ``log_every=...``, ``progress_bar``.
 
+Every child process (each variant and the ``main.py fit`` runs) sees one GPU: ``CUDA_VISIBLE_DEVICES`` is set to
+the first visible device, so the HF Trainer rows cannot wrap the model in ``nn.DataParallel`` across the host's GPUs.
+
 The last line printed is ``ratios: a/b=...x a/b2=...x a/c=...x gen/sorted=...x gen/file_order=...x``.
 
 This file is not collected by pytest (its name does not match ``test_*.py``).
@@ -56,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -687,6 +691,16 @@ def padding_free_bound(results: dict[str, dict[str, Any]], src: list[int], tgt: 
     }
 
 
+def one_gpu_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a child process, seeing one GPU: ``CUDA_VISIBLE_DEVICES`` is the first device that ``env`` makes
+    visible (``0`` when it names none). HF's Trainer would otherwise wrap the model in ``nn.DataParallel`` across
+    every GPU of the host (rows b, b2, c), and ``main.py`` could start on several. An empty value (no GPU) stays
+    empty."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    first = "0" if visible is None else visible.split(",")[0].strip()
+    return {**env, "CUDA_VISIBLE_DEVICES": first}
+
+
 def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extra: list[str]) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         result_file = handle.name
@@ -704,8 +718,8 @@ def run_child(opts: argparse.Namespace, variant: str, model: str, tag: str, extr
         cmd += ["--profile", opts.profile]
     print(f"-- {variant}{tag} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    done = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, capture_output=not opts.verbose, text=True,
-                          check=False)
+    done = subprocess.run(cmd, env=one_gpu_env({**os.environ, **CHILD_ENV}), capture_output=not opts.verbose,
+                          text=True, check=False)
     if done.returncode != 0:
         tail = (done.stderr or "")[-4000:] if not opts.verbose else ""
         raise SystemExit(f"variant {variant}{tag} failed (exit {done.returncode}):\n{tail}")
@@ -748,8 +762,8 @@ def startup_overhead(opts: argparse.Namespace, model: str, cuda: bool) -> dict[s
             ]
             print(f"-- startup ({label}) ...", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            done = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True,
-                                  check=False)
+            done = subprocess.run(cmd, cwd=REPO, env=one_gpu_env({**os.environ, **CHILD_ENV}), capture_output=True,
+                                  text=True, check=False)
             wall = time.perf_counter() - started
             if done.returncode != 0:
                 raise SystemExit(f"main.py fit ({label}) failed (exit {done.returncode}):\n{done.stderr[-4000:]}")

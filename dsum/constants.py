@@ -1,0 +1,7 @@
+"""Names shared across dsum's layers, defined once."""
+
+MONITOR = "val/rouge_mean"
+"""The metric a run is judged by: checkpoint and early-stopping monitor, sweep metric, registry score."""
+
+SWEEP_DIR_ENV = "DSUM_SWEEP_DIR"
+"""Environment variable naming a sweep's output directory (trials' run directories go under ``<it>/runs``)."""
