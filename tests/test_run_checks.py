@@ -127,3 +127,20 @@ def test_a_module_whose_base_loads_later_is_checked_on_what_exists(tmp_path) -> 
     torch.save({"state_dict": {"model.layer.weight": torch.zeros(8, 8), "head.weight": torch.zeros(3, 2)}}, checkpoint)
     with pytest.raises(ValueError, match=r"head.weight is \(3, 2\) there and \(2, 2\) here"):
         check_checkpoint_fits(checkpoint, Deferred())
+
+
+def test_a_checkpoint_of_another_lora_rank_stops_before_the_record_is_touched(tiny_llm_random, tmp_path,
+                                                                             capsys) -> None:
+    run_dir = tmp_path / "run"
+    with report_faults():
+        DsumCLI(args=["fit", *sample_run_args("quickstart-llm.yaml", tiny_llm_random, run_dir, "--model.lora.r=4",
+                                              "--trainer.max_steps=1", "--trainer.limit_val_batches=0")])
+    record = (run_dir / "run.json").read_bytes()
+    with pytest.raises(SystemExit):
+        with report_faults():
+            DsumCLI(args=["fit", *sample_run_args("quickstart-llm.yaml", tiny_llm_random, run_dir, "--model.lora.r=8",
+                                                  "--trainer.max_steps=2", "--ckpt_path=last")])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"dsum: --ckpt_path {run_dir / 'checkpoints/last.ckpt'} does not fit this model (")
+    assert "lora_A" in line and "(4, " in line and "(8, " in line, line
+    assert (run_dir / "run.json").read_bytes() == record

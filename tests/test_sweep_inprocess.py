@@ -334,3 +334,78 @@ def left_in(directory: Path, name: str, wait: float = 10.0) -> list[int]:
         if not pids or time.monotonic() > deadline:
             return pids
         time.sleep(0.2)
+
+
+def fake_wandb_agent(trials: list[dict], sweep_dir: Path):
+    """``wandb.agent(sweep, function=...)`` as W&B's Python agent runs it (wandb/agents/pyagent.py, `_run_job`):
+    per trial it sets WANDB_RUN_ID and WANDB_SWEEP_ID, writes the parameters to WANDB_SWEEP_PARAM_PATH, and calls
+    the function in this process; an exception fails that trial and the agent goes on."""
+    from wandb.sdk.lib.config_util import save_config_file_from_dict
+
+    def agent(sweep_id, function, count=None, project=None, entity=None):
+        for i, params in enumerate(trials[:count]):
+            run_id = f"wb{i:04d}"
+            param_path = sweep_dir / "wandb" / f"config-{run_id}.yaml"
+            param_path.parent.mkdir(parents=True, exist_ok=True)
+            save_config_file_from_dict(str(param_path), {k: {"value": v} for k, v in params.items()})
+            os.environ.update(WANDB_RUN_ID=run_id, WANDB_SWEEP_ID=sweep_id.rsplit("/", 1)[-1],
+                              WANDB_SWEEP_PARAM_PATH=str(param_path))
+            try:
+                function()
+            except RuntimeError:
+                pass
+            finally:
+                for name in ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH"):
+                    os.environ.pop(name, None)
+
+    return agent
+
+
+def test_a_wandb_agent_runs_decoding_trials_in_one_worker(tiny_models, in_tmp, monkeypatch) -> None:
+    """`dsum.sweep agent` on a decoding sweep: W&B's Python agent calls one function per trial, which hands the
+    trial to the in-process worker; each trial writes its own record and W&B run, a failing one is counted."""
+    from dsum.sweep import inprocess
+
+    path = decoding_sweep(in_tmp, tiny_models["bart"], {"num_beams": {"values": [1, 2]}})
+    config = yaml.safe_load(path.read_text())
+    answers = []
+    original = inprocess.InProcessPool.run
+
+    def spy(self, *args, **kwargs):
+        answers.append(original(self, *args, **kwargs))
+        return answers[-1]
+
+    monkeypatch.setattr(inprocess.InProcessPool, "run", spy)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep_dir = in_tmp / "outputs" / "sweep_decode"
+    trials = [{"num_beams": 1}, {"num_beams": 2}, {"num_beams": 1, "temperature": -1.0, "do_sample": True}]
+    failed = inprocess.run_wandb_agent("sweep123", "decode", config, count=3,
+                                       agent=fake_wandb_agent(trials, sweep_dir))
+
+    assert failed == 1
+    found = records(in_tmp)
+    assert sorted(found) == ["wb0000", "wb0001", "wb0002"]
+    assert [found[r]["status"] for r in sorted(found)] == ["completed", "completed", "failed"]
+    assert found["wb0001"]["sweep_params"] == {"num_beams": 2}
+    assert [a.get("model") for a in answers[:2]] == ["loaded", "reused"]  # one worker kept the model
+    assert len({a.get("pid") for a in answers if a.get("pid")}) <= 1
+    assert {found[r]["wandb"]["sweep_id"] for r in found} == {"sweep123"}  # the agent's run id and sweep reached it
+
+
+@pytest.mark.parametrize("subcommand, opt_out, expected", [
+    ("validate", None, "in-process"), ("test", None, "in-process"), ("fit", None, "wandb agent"),
+    ("validate", False, "wandb agent"),
+])
+def test_the_agent_command_runs_decoding_sweeps_in_process(monkeypatch, subcommand, opt_out, expected) -> None:
+    import dsum.sweep.__main__ as cli
+    from dsum.sweep import inprocess
+
+    config = {"command": ["${env}", "${interpreter}", "${program}", subcommand, "${args}"]}
+    ran = []
+    monkeypatch.setattr(cli, "require_server", lambda: None)
+    monkeypatch.setattr(cli, "_resolve", lambda sweep, project, entity: ("ent/proj/abc", "decode", config))
+    monkeypatch.setattr(cli, "summarize", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli, "run_agent", lambda *args: ran.append("wandb agent") or 0)
+    monkeypatch.setattr(inprocess, "run_wandb_agent", lambda *args: ran.append("in-process") or 0)
+    assert cli.agent("sweeps/x.yaml", count=2, in_process=opt_out) == 0
+    assert ran == [expected]

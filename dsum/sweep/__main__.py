@@ -91,7 +91,8 @@ def summarize(sweep: str, sweep_id: str | None = None, from_wandb: bool = False,
     return summary
 
 
-def agent(sweep: str, count: int | None = None, project: str | None = None, entity: str | None = None) -> int:
+def agent(sweep: str, count: int | None = None, project: str | None = None, entity: str | None = None,
+          in_process: bool | None = None) -> int:
     """Run one ``wandb agent`` (``--count N``) on a new sweep (YAML path) or an existing sweep id, then summarize.
 
     Args:
@@ -99,9 +100,18 @@ def agent(sweep: str, count: int | None = None, project: str | None = None, enti
         count: Trials this agent runs (default: until the sweep ends).
         project: W&B project.
         entity: W&B entity.
+        in_process: For a decoding sweep from a YAML (``validate``/``test``): run its trials in one worker process
+            that keeps the model loaded (W&B's Python agent); default on unless ``DSUM_SWEEP_IN_PROCESS=0``.
     """
+    from dsum.sweep.inprocess import SUBCOMMANDS, in_process_enabled, run_wandb_agent
+
     require_server()
     sweep_id, name, config = _resolve(sweep, project, entity)
+    decoding = bool(config) and any(str(part) in SUBCOMMANDS for part in config.get("command") or [])
+    if decoding and in_process_enabled(in_process):
+        failed = run_wandb_agent(sweep_id, name, config, count, project, entity)
+        summarize(sweep, sweep_id.rsplit("/", 1)[-1])
+        return 1 if failed else 0
     code = run_agent(sweep_id, name, count, project, entity)
     if config:
         summarize(sweep, sweep_id.rsplit("/", 1)[-1])

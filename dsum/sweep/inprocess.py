@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsum.constants import SWEEP_DIR_ENV
+
 IN_PROCESS_ENV = "DSUM_SWEEP_IN_PROCESS"
 SUBCOMMANDS = ("validate", "test")
 REPO_MAIN = Path(__file__).resolve().parents[2] / "main.py"
@@ -762,6 +764,71 @@ def run_sweep(sweep: Any, in_process: bool | None = None) -> dict[str, Any]:
             atomic_write_json(path, redact(written))
             if summary is not None:
                 summary["in_process"] = rows
+
+
+def run_wandb_agent(sweep_id: str, name: str, config: Mapping[str, Any], count: int | None = None,
+                    project: str | None = None, entity: str | None = None,
+                    agent: Callable[..., Any] | None = None) -> int:
+    """A W&B agent whose decoding trials run in this machine's in-process worker.
+
+    W&B's Python agent (``wandb.agent(sweep, function=...)``) calls ``function`` once per trial in this process,
+    with the trial's ``WANDB_RUN_ID``, ``WANDB_SWEEP_ID`` and ``WANDB_SWEEP_PARAM_PATH`` set, as ``wandb agent``
+    sets them for a trial process. The function builds the trial's command exactly as ``wandb agent`` would from the
+    sweep's ``command`` (:func:`dsum.sweep.local.agent_command`) and hands a ``validate``/``test`` trial to the
+    worker (model kept loaded, generations reused), anything else to a process of its own. The trial opens its own
+    W&B run with that id, as a trial process does. Returns the number of failed trials.
+
+    Args:
+        sweep_id: The W&B sweep.
+        name: The sweep's name (its output directory ``outputs/sweep_<name>``).
+        config: The sweep's YAML config (its ``command`` and ``program``).
+        count: Trials this agent runs (default: until the sweep ends).
+        project: W&B project.
+        entity: W&B entity.
+        agent: ``wandb.agent`` (a stand-in in tests).
+    """
+    import yaml
+
+    from dsum.sweep.local import agent_command as trial_command
+    from dsum.sweep.summary import sweep_dir_for
+    from dsum.sweep.wandb_backend import agent_env, sweep_path
+
+    if agent is None:
+        import wandb
+
+        agent = wandb.agent
+    sweep_dir = Path(os.environ.get(SWEEP_DIR_ENV) or sweep_dir_for(name))
+    pool = InProcessPool(sweep_dir / "logs" / "in_process")
+    extra = agent_env(name)
+    failed: list[str] = []
+
+    def trial() -> None:
+        run_id = os.environ["WANDB_RUN_ID"]
+        with open(os.environ["WANDB_SWEEP_PARAM_PATH"], encoding="utf-8") as handle:
+            entries = yaml.safe_load(handle) or {}
+        params = {key: entry["value"] for key, entry in entries.items() if key != "wandb_version"}
+        args_json = sweep_dir / "logs" / f"{run_id}.args.json"
+        command, wants_json = trial_command(config, params, args_json)
+        log_path = sweep_dir / "logs" / f"{run_id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if wants_json:
+            args_json.write_text(json.dumps(params), encoding="utf-8")
+        env = {**os.environ, **extra}
+        if pool.takes(command):
+            code = pool.run(0, command, env, log_path, started=lambda process: None, beat=lambda: None,
+                            every=30.0).get("code")
+        else:
+            with open(log_path, "a", encoding="utf-8") as log:
+                code = subprocess.call(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            failed.append(run_id)
+            raise RuntimeError(f"trial {run_id} failed (exit {code}); log {log_path}")
+
+    try:
+        agent(sweep_path(sweep_id, project, entity), function=trial, count=count, project=project, entity=entity)
+    finally:
+        pool.close()
+    return len(failed)
 
 
 if __name__ == "__main__":

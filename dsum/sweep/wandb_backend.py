@@ -15,7 +15,6 @@ from dsum.sweep.summary import sweep_dir_for
 from dsum.tracking import has_wandb_credentials
 
 
-
 def sweep_name(config: dict[str, Any], path: str | Path) -> str:
     """The sweep's name: its YAML's ``name:``, else the file's stem."""
     return str(config.get("name") or Path(path).stem)
