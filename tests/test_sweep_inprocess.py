@@ -17,6 +17,7 @@ from dsum.sweep.inprocess import IN_PROCESS_ENV, InProcessPool, decoding_argv, i
 from dsum.sweep.local import run_local
 from dsum.sweep.summary import trial_record
 from tests.conftest import REPO, SAMPLE
+from tests.test_sweep_local import quick_sweep_on_the_sample
 
 MAIN = str(REPO / "main.py")
 # Sampling with its own seed, a prompt and post-processing: everything a trial could leak into the next.
@@ -250,18 +251,9 @@ def test_each_in_process_trial_keeps_its_own_wandb_run(tiny_models, tmp_path) ->
 # ------------------------------------------------------------------------------------------- training trials
 def quick_fit_sweep(tmp: Path, model: Path) -> Path:
     """sweeps/quick.yaml (fit, tiny BART) on the sample, 2 trials of 2 train batches."""
-    sweep = yaml.safe_load((REPO / "sweeps" / "quick.yaml").read_text())
-    sweep["program"] = MAIN
-    at = sweep["command"].index("${args}")
-    sweep["command"][sweep["command"].index("configs/quickstart.yaml")] = str(REPO / "configs" / "quickstart.yaml")
-    sweep["command"][at:at] = [
-        f"--model.pretrained={model}", f"--data.train_file={SAMPLE / 'train.csv'}",
-        f"--data.val_file={SAMPLE / 'dev.csv'}", f"--data.test_file={SAMPLE / 'dev.csv'}",
-        f"--data.predict_file={SAMPLE / 'test.csv'}", f"--data.cache_dir={tmp / 'cache'}",
-        "--trainer.limit_train_batches=2", "--data.val_subset=8", "--model.generation.max_new_tokens=8",
-        "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    path = quick_sweep_on_the_sample(model, tmp, "--trainer.enable_progress_bar=false")
+    sweep = yaml.safe_load(path.read_text())
     sweep["parameters"]["learning_rate"] = {"value": 1.0e-3}
-    path = tmp / "quick.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     return path
 

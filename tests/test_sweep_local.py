@@ -166,20 +166,27 @@ def records(tmp_path: Path, name: str = "fake") -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- the real sweep
-def test_quick_sweep_runs_trials_as_the_agent_and_promotes_the_best(tiny_models, in_tmp) -> None:
+def quick_sweep_on_the_sample(model: Path, tmp: Path, *extra: str) -> Path:
+    """sweeps/quick.yaml with absolute paths, the tiny ``model``, the bundled sample, 2 train batches per trial and
+    ``extra`` native arguments, written as ``tmp/quick.yaml``."""
     sweep = load_sweep(REPO / "sweeps" / "quick.yaml")
     at = sweep["command"].index("${args}")
     sweep["program"] = str(REPO / sweep["program"])
     sweep["command"][sweep["command"].index("configs/quickstart.yaml")] = str(REPO / "configs" / "quickstart.yaml")
     sweep["command"][at:at] = [
-        f"--model.pretrained={tiny_models['bart']}", f"--data.train_file={SAMPLE / 'train.csv'}",
+        f"--model.pretrained={model}", f"--data.train_file={SAMPLE / 'train.csv'}",
         f"--data.val_file={SAMPLE / 'dev.csv'}", f"--data.test_file={SAMPLE / 'dev.csv'}",
-        f"--data.predict_file={SAMPLE / 'test.csv'}", f"--data.cache_dir={in_tmp / 'cache'}",
+        f"--data.predict_file={SAMPLE / 'test.csv'}", f"--data.cache_dir={tmp / 'cache'}",
         "--trainer.limit_train_batches=2", "--data.val_subset=8", "--model.generation.max_new_tokens=8",
-        "--trainer.logger=false",
+        "--trainer.logger=false", *extra,
     ]
-    path = in_tmp / "quick.yaml"
+    path = tmp / "quick.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def test_quick_sweep_runs_trials_as_the_agent_and_promotes_the_best(tiny_models, in_tmp) -> None:
+    path = quick_sweep_on_the_sample(tiny_models["bart"], in_tmp)
 
     summary = run_local(path, count=4, workers=2)
 

@@ -89,9 +89,9 @@ def in_process_enabled(explicit: bool | None = None, environ: Mapping[str, str] 
     raise ValueError(f"{IN_PROCESS_ENV}={environ[IN_PROCESS_ENV]!r} must be 1/true/on or 0/false/off")
 
 
-def decoding_argv(command: Sequence[str]) -> list[str] | None:
-    """``sys.argv`` of the trial (``[main.py, validate|test, ...]``) when ``command`` runs this repository's
-    ``main.py`` with this interpreter to validate or test; None for anything else (fit, other programs)."""
+def main_py_argv(command: Sequence[str], subcommands: Sequence[str]) -> list[str] | None:
+    """``sys.argv`` of the trial (``[main.py, <subcommand>, ...]``) when ``command`` runs this repository's
+    ``main.py`` with this interpreter and one of ``subcommands``; None for anything else."""
     for i, part in enumerate(command):
         if Path(part).name == "main.py" and Path(part).resolve() == REPO_MAIN:
             before = [Path(p).name for p in command[:i]]
@@ -99,8 +99,13 @@ def decoding_argv(command: Sequence[str]) -> list[str] | None:
                                                           for p in before):
                 return None
             rest = list(command[i + 1:])
-            return [str(part), *rest] if rest and rest[0] in SUBCOMMANDS else None
+            return [str(part), *rest] if rest and rest[0] in subcommands else None
     return None
+
+
+def decoding_argv(command: Sequence[str]) -> list[str] | None:
+    """:func:`main_py_argv` of a ``validate`` or ``test`` trial (these run in-process)."""
+    return main_py_argv(command, SUBCOMMANDS)
 
 
 # ------------------------------------------------------------------------------------------- the model cache
@@ -619,16 +624,8 @@ def summary_field(trials: Sequence[Any]) -> dict[str, dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------- training trials: forks
 def training_argv(command: Sequence[str]) -> list[str] | None:
-    """``sys.argv`` of a ``fit`` (or ``predict``) trial of this repository's ``main.py``, else None."""
-    for i, part in enumerate(command):
-        if Path(part).name == "main.py" and Path(part).resolve() == REPO_MAIN:
-            before = [Path(p).name for p in command[:i]]
-            if command[i - 1:i] != [sys.executable] or any(p not in ("env", Path(sys.executable).name)
-                                                          for p in before):
-                return None
-            rest = list(command[i + 1:])
-            return [str(part), *rest] if rest and rest[0] in ("fit", "predict") else None
-    return None
+    """:func:`main_py_argv` of a ``fit`` (or ``predict``) trial (these fork from the preloaded server)."""
+    return main_py_argv(command, ("fit", "predict"))
 
 
 def _child(request: Mapping[str, Any], channels: Sequence[Any]) -> None:
