@@ -18,25 +18,25 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from dsum.constants import MONITOR
 from dsum.callbacks.divergence import NonFiniteLossGuard
 from dsum.callbacks.early_stopping import OptionalEarlyStopping
 from dsum.callbacks.export import BestModelExport
 from dsum.callbacks.interrupt import InterruptHandler, take_slurm_requeue_signal
-from dsum.callbacks.last import LAST_NAME, LastCheckpoint
+from dsum.callbacks.last import LastCheckpoint
 from dsum.callbacks.record import RUN_RECORD, RunRecord
 from dsum.callbacks.rng import RandomStateCheckpoint
 from dsum.callbacks.submission import SubmissionWriter
-from dsum.checkpoint_io import AtomicCheckpointIO
+from dsum.constants import LAST_NAME, MONITOR
 from dsum.data import DialogueDataModule
-from dsum.files import atomic_write_text, read_json
+from dsum.infra.checkpoint_io import AtomicCheckpointIO
+from dsum.infra.files import atomic_write_text, read_json
 from dsum.models import SummarizerBase
-from dsum.models.inference_settings import (
+from dsum.eval.inference_settings import (
     INFERENCE_FILE, apply_saved_settings, given_keys, saved_inference_settings,
 )
-from dsum.run_checks import check_checkpoint_fits, check_run_dir, resolve_ckpt_path
-from dsum.secrets import redact
-from dsum.tracking import default_wandb_logger, ensure_wandb_mode
+from dsum.infra.run_checks import check_checkpoint_fits, check_run_dir, resolve_ckpt_path
+from dsum.infra.secrets import redact
+from dsum.infra.tracking import default_wandb_logger, ensure_wandb_mode
 
 CONFIG_NAME = "config.yaml"
 

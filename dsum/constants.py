@@ -5,3 +5,6 @@ MONITOR = "val/rouge_mean"
 
 SWEEP_DIR_ENV = "DSUM_SWEEP_DIR"
 """Environment variable naming a sweep's output directory (trials' run directories go under ``<it>/runs``)."""
+
+LAST_NAME = "last.ckpt"
+"""The latest training state in a run's ``checkpoints/`` (``fit --ckpt_path last`` resumes from it)."""

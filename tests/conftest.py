@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random BART, T5 and GPT-2 (HF format) with tokenizers trained on the sample."""
-    from dsum.tiny import build_all
+    from dsum.tiny.build import build_all
 
     return build_all([SAMPLE / "train.csv"], tmp_path_factory.mktemp("tiny_models"))
 
@@ -45,7 +45,7 @@ def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
 @pytest.fixture(scope="session")
 def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama-style chat LLM of ``python -m dsum.tiny`` (briefly pre-trained on the sample's text)."""
-    from dsum.tiny_llm import build_tiny_llm
+    from dsum.tiny.llm import build_tiny_llm
 
     return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm") / "llm", [SAMPLE / "train.csv"])
 
@@ -53,7 +53,7 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llm_random(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A smaller tiny chat LLM with random weights (no pre-training): for fast tests of the mechanics."""
-    from dsum.tiny_llm import build_tiny_llm
+    from dsum.tiny.llm import build_tiny_llm
 
     return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm_random") / "llm", [SAMPLE / "train.csv"], d_model=32,
                           layers=1, vocab_size=1000, pretrain_steps=0)
@@ -81,6 +81,14 @@ def command_fails(main: Callable[[list[str]], object], capsys: pytest.CaptureFix
     assert exit_info.value.code not in (0, None)
     assert capsys.readouterr().out == ""
     return str(exit_info.value.code)
+
+
+def help_text(main: Callable[[list[str]], object], capsys: pytest.CaptureFixture[str]) -> str:
+    """The ``--help`` of a ``python -m dsum.X`` entry point, on one line (help lines are wrapped); it must exit 0."""
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code in (0, None)
+    return " ".join(capsys.readouterr().out.split())
 
 
 def run_if(min_gpus: int = 0, bf16: bool = False, packages: Sequence[str] = ()) -> pytest.MarkDecorator:

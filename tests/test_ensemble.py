@@ -1,4 +1,4 @@
-"""`python -m dsum.ensemble`: MBR choice, submission layout, win report, scores with gold, errors, and (slow) an
+"""`python -m dsum.eval.ensemble`: MBR choice, submission layout, win report, scores with gold, errors, and (slow) an
 ensemble of three differently seeded tiny models."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dsum.ensemble import main, mbr_choose
-from dsum.metrics import RougeCalculator, rouge_scores
-from tests.conftest import SAMPLE, command_fails
+from dsum.eval.ensemble import main, mbr_choose
+from dsum.eval.metrics import RougeCalculator, rouge_scores
+from tests.conftest import SAMPLE, command_fails, help_text
 
 
 def write_source(path: Path, fnames: list[str], summaries: list[str], layout: str = "plain") -> Path:
@@ -178,3 +178,29 @@ def test_ensemble_of_three_seeded_tiny_models_scores_at_least_their_mean(
     assert submission["fname"].tolist() == pd.read_csv(dev)["fname"].tolist()
     # Summaries follow the dialogue (at least a third distinct), so MBR chose between real candidates.
     assert submission["summary"].nunique() >= len(submission) / 3, submission["summary"].head().tolist()
+
+
+def test_help_lists_every_option_with_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_text(main, capsys)
+    for option, what in {
+        "sources": "Submission CSVs (fname,summary) and/or exported model directories (at least 3 in all).",
+        "--out OUT": "Ensemble submission CSV to write.",
+        "--gold GOLD": "Labelled CSV: print each source's score and the ensemble's.",
+        "--data DATA": "Dialogues CSV (fname,dialogue) for model directories; also sets the output's row order.",
+        "--config CONFIG": "Config for predicting with model directories (default: the run's config.yaml).",
+        "--tokenizer {mecab,kiwi,whitespace}": "ROUGE tokenizer for agreement and scores. (default: mecab)",
+        "--references {mean,max}": "Rule over several gold references per row. (default: mean)",
+        "--report REPORT": "Also write the JSON report here.",
+    }.items():
+        assert f"{option} {what}" in text, option
+
+
+def test_an_unknown_option_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["a.csv", "b.csv", "c.csv", "--out", str(tmp_path / "out.csv"), "--bogus"])
+    assert done.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert [line for line in captured.err.splitlines() if "error" in line] == [
+        "error: unrecognized arguments: --bogus"]
+    assert not (tmp_path / "out.csv").exists()

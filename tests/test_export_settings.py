@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dsum.cli import DsumCLI
-from dsum.models.inference_settings import INFERENCE_FILE, apply_saved_settings, given_keys
+from dsum.eval.inference_settings import INFERENCE_FILE, apply_saved_settings, given_keys
 from tests.conftest import sample_run_args
 
 NON_DEFAULT = ["--model.generation.max_new_tokens=9", "--model.generation.min_new_tokens=6",
@@ -83,7 +83,7 @@ def test_settings_are_taken_field_by_field_unless_given() -> None:
 
 
 def test_the_ensemble_runs_a_moved_export_without_any_config(moved_export) -> None:
-    from dsum.ensemble import predict_with_model
+    from dsum.eval.ensemble import predict_with_model
     from tests.conftest import SAMPLE
 
     root, moved = moved_export

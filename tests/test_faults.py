@@ -129,7 +129,7 @@ SECRET = "hf_fakeSECRETtoken1234567890"
 def test_a_secret_sweep_value_is_refused_and_written_nowhere(tmp_path, monkeypatch) -> None:
     import yaml
 
-    from dsum.secrets import SecretValueError
+    from dsum.infra.secrets import SecretValueError
     from dsum.sweep.local import run_local
 
     monkeypatch.chdir(tmp_path)
@@ -156,7 +156,7 @@ def test_a_secret_sweep_value_is_refused_and_written_nowhere(tmp_path, monkeypat
 def test_printed_output_is_redacted_including_a_failed_parse(tmp_path) -> None:
     script = (
         "import sys\n"
-        "from dsum.secrets import redact_output\n"
+        "from dsum.infra.secrets import redact_output\n"
         "redact_output()\n"
         "from jsonargparse import ArgumentParser\n"
         "parser = ArgumentParser()\n"
@@ -181,7 +181,7 @@ target = Path(sys.argv[1]) / "last.ckpt"
 if sys.argv[2] == "lightning":
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO as IO
 else:
-    from dsum.checkpoint_io import AtomicCheckpointIO as IO
+    from dsum.infra.checkpoint_io import AtomicCheckpointIO as IO
 io = IO()
 start = int(sys.argv[3])
 for n in range(start, start + 1000):
@@ -194,7 +194,7 @@ EXPORT_WRITER = """
 import sys, json
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from dsum.files import atomic_write_dir
+from dsum.infra.files import atomic_write_dir
 target = Path(sys.argv[1]) / "best_model"
 start = int(sys.argv[3])
 for n in range(start, start + 1000):
@@ -225,7 +225,7 @@ def check_checkpoint(directory: Path) -> int | None:
 
 
 def check_export(directory: Path) -> int | None:
-    from dsum.files import is_complete_dir
+    from dsum.infra.files import is_complete_dir
 
     path = directory / "best_model"
     if not path.exists():
@@ -297,8 +297,8 @@ def tiny_fs(tmp_path):
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_path_and_errno(tiny_fs) -> None:
     import errno
 
-    from dsum.checkpoint_io import AtomicCheckpointIO
-    from dsum.faults import fatal_message
+    from dsum.infra.checkpoint_io import AtomicCheckpointIO
+    from dsum.infra.faults import fatal_message
 
     target = tiny_fs / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO()
@@ -319,7 +319,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_path_and_errno(tiny_
 def test_a_full_or_read_only_run_dir_is_refused_before_loggers_start(tiny_fs) -> None:
     import errno
 
-    from dsum.files import atomic_write_json, check_writable
+    from dsum.infra.files import atomic_write_json, check_writable
 
     run_dir = tiny_fs / "run"
     atomic_write_json(run_dir / "run.json", {"status": "running"})
@@ -343,8 +343,8 @@ def test_a_size_limited_write_keeps_the_previous_checkpoint(tmp_path) -> None:
         "import resource, signal, sys, torch\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
-        "from dsum.checkpoint_io import AtomicCheckpointIO\n"
-        "from dsum.faults import fatal_message\n"
+        "from dsum.infra.checkpoint_io import AtomicCheckpointIO\n"
+        "from dsum.infra.faults import fatal_message\n"
         "io = AtomicCheckpointIO()\n"
         f"target = {str(tmp_path / 'last.ckpt')!r}\n"
         "io.save_checkpoint({'n': 1, 'w': torch.ones(1000)}, target)\n"
@@ -362,7 +362,7 @@ def test_a_size_limited_write_keeps_the_previous_checkpoint(tmp_path) -> None:
 
 # ------------------------------------------------------------------------------------------- one-line errors
 def test_a_setting_out_of_range_is_one_line_however_deeply_wrapped() -> None:
-    from dsum.faults import fatal_message
+    from dsum.infra.faults import fatal_message
     from dsum.models.base import GenerationSettings, SummarizerBase
 
     try:
@@ -378,8 +378,8 @@ def test_a_setting_out_of_range_is_one_line_however_deeply_wrapped() -> None:
 # ------------------------------------------------------------------------------------------- file modes
 @pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
 def test_written_files_and_dirs_get_the_umasks_modes(tmp_path, umask) -> None:
-    from dsum.checkpoint_io import AtomicCheckpointIO
-    from dsum.files import atomic_write_dir, atomic_write_json
+    from dsum.infra.checkpoint_io import AtomicCheckpointIO
+    from dsum.infra.files import atomic_write_dir, atomic_write_json
 
     previous = os.umask(umask)
     try:

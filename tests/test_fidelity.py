@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsum.fidelity import FidelityMetrics, example_counts, fidelity_scores
+from dsum.eval.fidelity import FidelityMetrics, example_counts, fidelity_scores
 
 
 def test_masks_copied_right_wrong_and_missing() -> None:

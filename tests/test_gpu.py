@@ -113,7 +113,7 @@ def test_run_if_says_exactly_what_is_missing(monkeypatch) -> None:
 @pytest.mark.gpu
 @run_if(min_gpus=1, bf16=True, packages=["bitsandbytes", "peft"])
 def test_qlora_nf4_llama_trains_exports_reloads_and_generates(tmp_path) -> None:
-    from dsum.tiny_llm import build_tiny_llm
+    from dsum.tiny.llm import build_tiny_llm
 
     base = build_tiny_llm(tmp_path / "llama", [SAMPLE / "train.csv"], d_model=768, layers=12, heads=12, ffn=2816,
                           pretrain_steps=0)
@@ -159,7 +159,7 @@ def kobart_sized(tmp_path_factory) -> Path:
     tokenizer trained on the sample, saved in float16 as many hub checkpoints are."""
     from transformers import BartForConditionalGeneration
 
-    from dsum.tiny import build_tiny_model
+    from dsum.tiny.build import build_tiny_model
 
     out = build_tiny_model("bart", tmp_path_factory.mktemp("kobart_sized") / "bart", SAMPLE / "train.csv",
                            d_model=768, layers=6, heads=12, ffn=3072, vocab_size=8000)
@@ -198,7 +198,7 @@ def test_kobart_sized_mixed_precision_clips_and_skips_a_non_finite_step(precisio
 def test_t5_trains_in_bf16_with_adafactor(tmp_path) -> None:
     from transformers.optimization import Adafactor
 
-    from dsum.tiny import build_tiny_model
+    from dsum.tiny.build import build_tiny_model
 
     model = build_tiny_model("t5", tmp_path / "t5", SAMPLE / "train.csv", d_model=512, layers=6, heads=8, ffn=1024)
     run_dir = tmp_path / "run"

@@ -175,7 +175,7 @@ def test_missing_bitsandbytes_says_what_to_install(monkeypatch) -> None:
     ({"alpha": -8}, "model.lora.alpha must be a positive number, got -8"),
 ])
 def test_lora_settings_out_of_range_are_one_line_naming_key_and_value(tiny_llm_random, setting, message) -> None:
-    from dsum.faults import fatal_message
+    from dsum.infra.faults import fatal_message
     from dsum.models import InstructSummarizer
     from dsum.models.instruct import LoraSettings
 

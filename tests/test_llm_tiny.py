@@ -1,4 +1,4 @@
-"""The tiny Llama-style chat LLM of ``python -m dsum.tiny`` (dsum/tiny_llm.py)."""
+"""The tiny Llama-style chat LLM of ``python -m dsum.tiny`` (dsum/tiny/llm.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
-from dsum import tiny
-from dsum.tiny_llm import build_tiny_llm
+from dsum.tiny import build as tiny
+from dsum.tiny.llm import build_tiny_llm
 from tests.conftest import SAMPLE
 
 

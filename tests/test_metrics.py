@@ -18,19 +18,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from rouge_score.rouge_scorer import RougeScorer, _lcs_table
 
-import dsum.metrics as metrics
-from dsum.metrics import (
-    ROUGE_TYPES,
-    KiwiTokenizer,
-    KoreanRouge,
-    MecabTokenizer,
-    PooledMean,
-    WhitespaceTokenizer,
-    get_tokenizer,
-    lcs_length,
-    metric_settings,
-    rouge_scores,
-)
+import dsum.eval.tokenizers as metrics
+from dsum.eval.metrics import ROUGE_TYPES, KoreanRouge, PooledMean, lcs_length, metric_settings, rouge_scores
+from dsum.eval.tokenizers import KiwiTokenizer, MecabTokenizer, WhitespaceTokenizer, get_tokenizer
 
 PAIRS = [  # (prediction, reference)
     ("#Person1#은 내일 공항에 가기로 했습니다.", "#Person1#은 내일 아침 공항에 가기로 결정했습니다."),

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from dsum.faults import fatal_message
+from dsum.infra.faults import fatal_message
 from dsum.models import CausalLMSummarizer, InstructSummarizer, Seq2SeqSummarizer
 from dsum.models.instruct import LoraSettings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dsum.models import Seq2SeqSummarizer
-from dsum.postprocess import (
+from dsum.eval.postprocess import (
     PostprocessSettings,
     collapse_repeats,
     cut_unfinished_sentence,
@@ -129,7 +129,7 @@ def test_every_step_is_fast_on_100k_characters_of_degenerate_output() -> None:
 
 
 def test_collapse_keeps_one_copy_of_a_repeat_up_to_the_longest_looked_for() -> None:
-    from dsum.postprocess import MAX_REPEAT_WORDS
+    from dsum.eval.postprocess import MAX_REPEAT_WORDS
 
     phrase = " ".join(f"w{i}" for i in range(MAX_REPEAT_WORDS))
     assert collapse_repeats(f"{phrase} {phrase}.") == f"{phrase}."

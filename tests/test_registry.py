@@ -15,10 +15,10 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from dsum.files import atomic_write_dir
-from dsum.sweep import registry as reg
+from dsum import registry as reg
+from dsum.infra.files import atomic_write_dir
 from dsum.sweep.__main__ import registry_list, registry_rollback, registry_show
-from dsum.sweep.registry import (
+from dsum.registry import (
     EvaluationKey, RegistryError, alias_version, current_best, move_alias, promote_if_better, resolve, run_facts,
     versions,
 )
@@ -227,7 +227,7 @@ def test_sample_and_tiny_runs_promote_into_the_sandbox(tmp_path: Path, tiny_mode
     real.write_bytes((SAMPLE / "dev.csv").read_bytes() + b"extra,row,x\n")
     sample_copy = tmp_path / "copy_of_sample.csv"
     sample_copy.write_bytes((SAMPLE / "dev.csv").read_bytes())
-    # tiny models carry the marker in config.json (dsum.tiny); a fine-tuned export keeps it.
+    # tiny models carry the marker in config.json (dsum.tiny.build); a fine-tuned export keeps it.
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     (tiny / "config.json").write_text(json.dumps({**json.loads((tiny_models["bart"] / "config.json").read_text()),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dsum.cli import DsumCLI
-from dsum.faults import report_faults
+from dsum.infra.faults import report_faults
 from tests.conftest import sample_run_args, tmpfs_mounted
 
 
@@ -112,7 +112,7 @@ def test_a_module_whose_base_loads_later_is_checked_on_what_exists(tmp_path) -> 
     """A 4-bit base loads in `configure_model`: its tensors cannot be compared before, the rest still is."""
     import torch
 
-    from dsum.run_checks import check_checkpoint_fits
+    from dsum.infra.run_checks import check_checkpoint_fits
 
     class Deferred(torch.nn.Module):
         def __init__(self) -> None:

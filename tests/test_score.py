@@ -1,4 +1,4 @@
-"""`python -m dsum.score`: reading submission and gold CSVs, fname matching, errors, JSON output."""
+"""`python -m dsum.eval.score`: reading submission and gold CSVs, fname matching, errors, JSON output."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dsum.score import main, score_files
-from tests.conftest import command_fails
+from dsum.eval.score import main, score_files
+from tests.conftest import command_fails, help_text
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "data" / "sample" / "dev.csv", REPO.parent / "shared" / "data" / "dev.csv"]
@@ -42,7 +42,7 @@ def gold(tmp_path: Path) -> Path:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
-        [sys.executable, "-m", "dsum.score", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+        [sys.executable, "-m", "dsum.eval.score", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
     )
 
 
@@ -227,3 +227,25 @@ def test_the_output_has_mask_fidelity_and_length_ratio(tmp_path: Path) -> None:
     chars = lambda texts: sum(len(t.replace(" ", "")) for t in texts)  # noqa: E731
     assert result["length_ratio"] == pytest.approx(
         chars(["#Person1#이 말한다.", "#Person1#이 #Email#로 간다."]) / chars(["#Person1#이 #Person2#에게 말한다.", "#Person2#가 간다."]))
+
+
+def test_help_lists_every_option_with_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_text(main, capsys)
+    for option, what in {
+        "--pred PRED": "Predictions: CSV with fname,summary.",
+        "--gold GOLD": "References: CSV with fname,summary (more references in summary1, summary2, ...).",
+        "--tokenizer {mecab,kiwi,whitespace}": "mecab: Mecab-ko morphemes, as the official scorer (default)",
+        "--references {mean,max}": "With several references per row: mean (the organizers' rule, default) or max",
+    }.items():
+        assert f"{option} {what}" in text, option
+    assert "(default: mecab)" in text and "(default: mean)" in text
+
+
+def test_an_unknown_option_is_a_one_line_error(gold: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--pred", str(gold), "--gold", str(gold), "--bogus"])
+    assert done.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert [line for line in captured.err.splitlines() if "error" in line] == [
+        "error: unrecognized arguments: --bogus"]

@@ -16,8 +16,8 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from dsum.files import atomic_write_dir
-from dsum.sweep.registry import EvaluationKey, current_best, promote_if_better, versions
+from dsum.infra.files import atomic_write_dir
+from dsum.registry import EvaluationKey, current_best, promote_if_better, versions
 from dsum.sweep.spec import load_sweep, sample_params
 from tests.conftest import REPO, SAMPLE
 
@@ -87,7 +87,7 @@ def _export(model_dir: Path, target: Path, tag: str) -> Path:
 def _promote_after_barrier(barrier, candidate: str, value: float, root: str, queue) -> None:
     """One worker: wait for the other, then promote with a pause inside the critical section (between reading
     the incumbent and writing the new version), so two unserialised promotions always overlap."""
-    from dsum.sweep import registry
+    from dsum import registry
 
     read_incumbent = registry.current_best
 

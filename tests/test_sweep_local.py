@@ -27,8 +27,8 @@ from dsum.sweep.local import (
     GRID_ATTR, HOST_ATTR, PARAMS_ATTR, PID_ATTR, RUN_ID_ATTR, STATE_ATTR, SweepStopped, agent_command,
     check_bayes_space, grid_combinations, local_study_id, local_worker_command, run_local, storage_url,
 )
+from dsum.registry import current_best
 from dsum.sweep.pruning import WandbHyperbandPruner, hyperband_bands
-from dsum.sweep.registry import current_best
 from dsum.sweep.spec import SweepSpecError, load_sweep
 from dsum.sweep.summary import trial_record
 from tests.conftest import REPO, SAMPLE
@@ -471,11 +471,12 @@ def test_wandb_hyperband_rule() -> None:
     histories = {"a": [10, 9], "b": [10, 10], "c": [10, 8, 8], "d": [10, 7, 7], "e": [10, 6, 6]}
     stopped = [n for n in "bcd" if pruner.should_stop(histories[n], list(histories.values()))]
     assert stopped == ["b"]
-    # At band 2 the threshold is 6: a run that was once at 4 survives, unless `strict` judges its band value.
+    # At band 2 the threshold is 6: a run that was once at 4 survives with `strict: false`; W&B's default
+    # (`strict: true`) judges its band value.
     others = [[5, 5], [6, 6], [4, 9, 9]]
-    assert not pruner.should_stop([4, 9, 9], others)
-    assert WandbHyperbandPruner({"type": "hyperband", "max_iter": 5, "eta": 2, "s": 2, "strict": True}
-                                ).should_stop([4, 9, 9], others)
+    assert pruner.should_stop([4, 9, 9], others)
+    assert not WandbHyperbandPruner({"type": "hyperband", "max_iter": 5, "eta": 2, "s": 2, "strict": False}
+                                    ).should_stop([4, 9, 9], others)
 
 
 def test_a_clearly_worse_trial_is_pruned(in_tmp) -> None:

@@ -28,8 +28,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from dsum.registry import current_best, versions
 from dsum.sweep.local import HOST_ATTR, PARAMS_ATTR, REQUEUED_ATTR, RUN_ID_ATTR, STATE_ATTR, local_study_id
-from dsum.sweep.registry import current_best, versions
 from dsum.sweep.summary import trial_record
 from tests.conftest import REPO
 from tests.test_sweep_local import GRID4, SLOW_PROGRAM, write_sweep

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -192,6 +193,18 @@ def test_bad_sweep_is_refused_naming_the_fault(edit: Callable[[dict], None], exp
     assert message.startswith("sweeps/bad.yaml: invalid sweep config:")
     for fragment in expected:
         assert fragment in message
+
+
+@pytest.mark.parametrize(("name", "key"), [("max_nonfinite_steps", "divergence.max_nonfinite_steps"),
+                                         ("save_every_n_steps", "last_checkpoint.every_n_train_steps")])
+def test_int_keys_the_hand_kept_tables_missed_refuse_fractions(name: str, key: str) -> None:
+    """Their types come from the CLI parser now; the old tables did not list them, so both passed."""
+    for spec, fragment in (({"values": [2.5]}, f"parameters.{name}: {key} takes integers, got 2.5"),
+                           ({"min": 0.5, "max": 3.5}, f"parameters.{name}: {key} takes integers but uniform draws")):
+        config = base_config()
+        with_param(name, spec, "random")(config)
+        with pytest.raises(SweepSpecError, match=re.escape(fragment)):
+            validate_sweep(config, "sweeps/bad.yaml")
 
 
 def test_all_problems_are_reported_at_once() -> None:

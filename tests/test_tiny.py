@@ -1,4 +1,4 @@
-"""Tests for dsum.tiny: offline tiny BART / T5 / GPT-2 models and their tokenizers."""
+"""Tests for dsum.tiny.build: offline tiny BART / T5 / GPT-2 models and their tokenizers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from dsum import tiny
+from dsum.tiny import build as tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CSV_CANDIDATES = (REPO / "data" / "sample" / "train.csv", Path("/work/shared/data/dev.csv"))
@@ -200,7 +200,7 @@ def test_tokenizer_is_the_same_in_a_new_process(csv_path, tmp_path):
     """The BPE trainer's hash order changes per process; with a vocabulary small enough that rare characters
     are left out of the alphabet (ties in their counts), the tokenizer must still not change."""
     script = (
-        "import sys; from dsum.tiny import build_tokenizer; "
+        "import sys; from dsum.tiny.build import build_tokenizer; "
         "sys.stdout.write(build_tokenizer(sys.argv[1], 'bart', vocab_size=1150).backend_tokenizer.to_str())"
     )
     built = [

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dsum.faults import fatal_message
-from dsum.tracking import WandbUnreachable, ensure_wandb_mode, has_wandb_credentials, wandb_base_url
+from dsum.infra.faults import fatal_message
+from dsum.infra.tracking import WandbUnreachable, ensure_wandb_mode, has_wandb_credentials, wandb_base_url
 
 
 @pytest.fixture()
@@ -125,7 +125,7 @@ class Broken(BaseHTTPRequestHandler):
 server = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 os.environ["WANDB_BASE_URL"] = f"http://127.0.0.1:{server.server_port}"
-from dsum.tracking import default_wandb_logger, ensure_wandb_mode
+from dsum.infra.tracking import default_wandb_logger, ensure_wandb_mode
 
 print("mode", ensure_wandb_mode(), flush=True)
 run = default_wandb_logger(sys.argv[1], "abc123", False).experiment

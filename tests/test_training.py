@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dsum.cli import DsumCLI
 from dsum.data.io import read_dialogue_csv
-from dsum.metrics import rouge_scores
+from dsum.eval.metrics import rouge_scores
 from tests.conftest import SAMPLE, sample_run_args
 
 CONFIGS = {"bart": "quickstart.yaml", "t5": "quickstart-t5.yaml", "gpt2": "quickstart-gpt2.yaml"}

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dsum.callbacks.record import find_run_record
+from dsum.infra.faults import TrainingDiverged
 
 DIVERGED = "diverged"
 
@@ -30,10 +31,6 @@ def _skip_optimizer_step(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -
                     param.grad.fill_(float("nan"))
         return
     optimizer.zero_grad(set_to_none=True)
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite (more often than ``divergence.max_nonfinite_steps`` allows)."""
 
 
 class NonFiniteLossGuard(L.Callback):

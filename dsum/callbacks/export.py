@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dsum.callbacks.record import find_run_record, stop_reason
-from dsum.files import atomic_write_dir, remove_stale_temps
+from dsum.infra.files import atomic_write_dir, remove_stale_temps
 
 BEST_MODEL_DIR = "best_model"
 NO_EXPORT = ("interrupted", "diverged")  # stop reasons after which nothing is exported

@@ -9,8 +9,7 @@ import lightning.pytorch as L
 from lightning.pytorch.callbacks import Checkpoint
 
 from dsum.callbacks.record import find_run_record
-
-LAST_NAME = "last.ckpt"
+from dsum.constants import LAST_NAME
 
 
 class LastCheckpoint(Checkpoint):

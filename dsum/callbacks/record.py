@@ -15,8 +15,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dsum.constants import MONITOR
-from dsum.files import atomic_write_json, read_json
-from dsum.secrets import redact, redact_text
+from dsum.infra.files import atomic_write_json, read_json
+from dsum.infra.secrets import redact, redact_text
 
 RUN_RECORD = "run.json"  # fit; other stages write `<stage>.json` beside it (validate.json, ...)
 # The one handoff from a sweep to the run record: the trial's parameters (JSON, secrets masked), set by the

@@ -11,8 +11,8 @@ import pandas as pd
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from dsum.files import atomic_write_text
-from dsum.run_checks import check_output_file
+from dsum.infra.files import atomic_write_text
+from dsum.infra.run_checks import check_output_file
 
 
 class SubmissionWriter(BasePredictionWriter):

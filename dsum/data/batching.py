@@ -3,7 +3,7 @@
 Every rank builds the same global list of batches from (seed, epoch), then takes every
 ``num_replicas``-th batch. The list is padded by repeating its first batches up to a multiple of
 ``num_replicas``, so all ranks run the same number of steps and none waits forever in a collective.
-Evaluation code de-duplicates by example index (see :class:`dsum.metrics.KoreanRouge`).
+Evaluation code de-duplicates by example index (see :class:`dsum.eval.metrics.KoreanRouge`).
 
 A training run interrupted mid-epoch resumes exactly: :class:`ResumableDataLoader` counts the batches of the
 current epoch it has handed to the trainer; its :meth:`~ResumableDataLoader.state_dict` goes into checkpoints

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +21,6 @@ from dsum.data.io import BadRowPolicy, DialogueTable, read_dialogue_csv
 from dsum.data.prompts import PromptBuilder, record_template, resolve_template, saved_template
 from dsum.data.text import DEFAULT_MASKS, TextNormalization, find_masks
 from dsum.data.tokenizer import TokenizerLoader, check_round_trip, load_tokenizer
-
-log = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "test", "predict"]
 # Bump when the cached features' layout changes, so old caches are not trusted.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,8 +16,7 @@ from typing import Literal
 import pandas as pd
 
 from dsum.data.text import is_blank
-
-log = logging.getLogger(__name__)
+from dsum.infra.log import warn
 
 BadRowPolicy = Literal["error", "skip"]
 MAX_LISTED_ROWS = 5
@@ -153,7 +151,7 @@ def read_dialogue_csv(
             "(the count dropped is logged)."
         )
     if bad:
-        log.warning("%s: skipped %d bad row(s) (%s)", path, len(bad), "; ".join(problems))
+        warn(f"{path}: skipped {len(bad)} bad row(s) ({'; '.join(problems)})")
         frame = frame.drop(index=sorted(bad)).reset_index(drop=True)
         fnames = frame["fname"].str.strip()
 

@@ -18,11 +18,12 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTr
 from transformers.optimization import Adafactor, get_scheduler
 
 from dsum.constants import MONITOR
-from dsum.fidelity import FidelityMetrics
-from dsum.models.inference_settings import save_inference_settings
-from dsum.metrics import KoreanRouge, PooledMean, ReferenceRule, TokenizerName
-from dsum.postprocess import PostprocessSettings
-from dsum.secrets import redact
+from dsum.eval.fidelity import FidelityMetrics
+from dsum.eval.inference_settings import save_inference_settings
+from dsum.eval.metrics import KoreanRouge, PooledMean, ReferenceRule
+from dsum.eval.postprocess import PostprocessSettings
+from dsum.eval.tokenizers import TokenizerName
+from dsum.infra.secrets import redact
 
 OptimizerName = Literal["adamw", "adafactor"]
 SchedulerName = Literal["cosine", "linear", "cosine_with_restarts", "constant"]
@@ -88,8 +89,8 @@ class InputLayout:
 
 class EvalMetrics(torch.nn.Module):
     """One evaluation stage's metrics: ``loss`` (per summary token), ``gen_len`` (generated tokens per
-    example), ``rouge`` (:class:`~dsum.metrics.KoreanRouge`) and ``fidelity`` (mask precision, recall, F1 and
-    length ratio: :mod:`dsum.fidelity`), each de-duplicated by dataset index.
+    example), ``rouge`` (:class:`~dsum.eval.metrics.KoreanRouge`) and ``fidelity`` (mask precision, recall, F1 and
+    length ratio: :mod:`dsum.eval.fidelity`), each de-duplicated by dataset index.
 
     Args:
         rouge_tokenizer: ROUGE tokenizer name (``mecab``, ``kiwi`` or ``whitespace``).

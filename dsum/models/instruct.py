@@ -19,9 +19,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 
 from dsum.data.prompts import saved_template, stop_token_ids
 from dsum.data.text import MASK_PATTERN
+from dsum.eval.inference_settings import save_inference_settings
 from dsum.models.base import InputLayout, SummarizerBase
 from dsum.models.causal import CausalLMSummarizer
-from dsum.models.inference_settings import save_inference_settings
 
 Quantization = Literal["nf4", "fp4", "int8"]
 ComputeDtype = Literal["bfloat16", "float16", "float32"]

@@ -14,8 +14,9 @@ from typing import Any, Literal
 from jsonargparse import CLI
 
 from dsum.constants import MONITOR
-from dsum.files import atomic_write_json
-from dsum.sweep.registry import (
+from dsum.infra.files import atomic_write_json
+from dsum.infra.log import note
+from dsum.registry import (
     BEST, DEFAULT_REGISTRY, SANDBOX_REGISTRY, alias_version, key_dir_of, list_keys, move_alias, parse_version,
     version_meta,
 )
@@ -182,7 +183,7 @@ def serial(sweeps: list[str], runs_per_sweep: int = 10, engine: Engine = "wandb"
     """
     summaries = []
     for sweep in sweeps:
-        print(f"dsum: sweep {sweep} ({runs_per_sweep} runs, {engine})")
+        note(f"dsum: sweep {sweep} ({runs_per_sweep} runs, {engine})")
         if engine == "local":
             summaries.append(local(sweep, count=runs_per_sweep, storage=storage))
         else:

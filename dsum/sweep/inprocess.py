@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from dsum.constants import SWEEP_DIR_ENV
+from dsum.infra.log import warn
 
 IN_PROCESS_ENV = "DSUM_SWEEP_IN_PROCESS"
 SUBCOMMANDS = ("validate", "test")
@@ -345,7 +346,7 @@ def run_trial_here(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     """Run one trial in this process as its own process would run (``main.py`` with ``argv`` and exactly
     ``environ``); its exit code. Exceptions are printed, as Python would, and give 1."""
     import dsum.cli
-    from dsum import entry
+    from dsum.sweep import command
 
     original_cli = dsum.cli.DsumCLI
     os.environ.clear()
@@ -353,10 +354,10 @@ def run_trial_here(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     sys.argv = list(argv)
     GENERATIONS.reset_counts()
     MODELS.last = ""
-    dsum.cli.DsumCLI = _caching_cli()  # entry.train() imports it by name at call time
+    dsum.cli.DsumCLI = _caching_cli()  # command.train() imports it by name at call time
     code: int = 0
     try:
-        entry.train()
+        command.train()
     except SystemExit as stop:
         if isinstance(stop.code, str):
             print(stop.code, file=sys.stderr, flush=True)
@@ -380,7 +381,7 @@ def _finish_wandb(code: int) -> None:
         try:
             wandb.finish(exit_code=code)
         except Exception as error:  # noqa: BLE001 (the trial's result is already recorded)
-            print(f"dsum: W&B run not finished cleanly: {error}", file=sys.stderr, flush=True)
+            warn(f"dsum: W&B run not finished cleanly: {error}")
 
 
 def trial_report(code: int) -> dict[str, Any]:
@@ -422,7 +423,7 @@ class _Redirect:
 def worker_main() -> None:
     """``python -m dsum.sweep.inprocess``: read one trial a line on stdin (``{"argv", "env", "log"}``), run it,
     answer one JSON line on stdout; stop at end of input."""
-    import dsum.entry  # noqa: F401 (preloaded: the first trial should not pay it)
+    import dsum.sweep.command  # noqa: F401 (preloaded: the first trial should not pay it)
     import dsum.cli  # noqa: F401
 
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
@@ -532,13 +533,13 @@ class InProcessPool:
                 trial.set_user_attr(TRIAL_PID_ATTR, process.pid)
                 trial.set_user_attr(TRIAL_STARTED_ATTR, process_started(process.pid))
             except Exception as error:  # noqa: BLE001 (a storage hiccup must not stop the trial)
-                print(f"dsum: trial {claim.number}: its pid was not recorded ({error})", flush=True)
+                warn(f"dsum: trial {claim.number}: its pid was not recorded ({error})")
 
         def beat() -> None:
             try:
                 trial.set_user_attr(HEARTBEAT_ATTR, time.time())
             except Exception as error:  # noqa: BLE001
-                print(f"dsum: trial {claim.number}: heartbeat not recorded ({error})", flush=True)
+                warn(f"dsum: trial {claim.number}: heartbeat not recorded ({error})")
 
         try:
             answer = self.run(slot, command, env, log_path, started, beat, HEARTBEAT_SECONDS)
@@ -648,10 +649,10 @@ def _child(request: Mapping[str, Any], channels: Sequence[Any]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
-        from dsum import entry
+        from dsum.sweep import command
 
         try:
-            entry.train()
+            command.train()
             code = 0
         except SystemExit as stop:
             if isinstance(stop.code, str):
@@ -674,7 +675,10 @@ def fork_server_main() -> None:
     request line (``{"argv", "env", "log", "cwd"}``) fork a trial process, answer ``{"pid"}`` at once and
     ``{"code"}`` when it ends. The server itself starts no thread and touches no GPU, so a fork is safe."""
     import dsum.cli  # noqa: F401 (the imports every trial would pay)
-    import dsum.entry  # noqa: F401
+    import dsum.sweep.command  # noqa: F401
+    from dsum.sweep.mapping import native_options
+
+    native_options()  # the CLI parser's keys, read once here rather than in every forked trial
 
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
     answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -741,8 +745,8 @@ def run_sweep(sweep: Any, in_process: bool | None = None) -> dict[str, Any]:
     """``sweep.run()`` (a :class:`~dsum.sweep.local.LocalSweep`) with its decoding trials in-process unless
     opted out (:func:`in_process_enabled`); the summary gets ``in_process`` (:func:`summary_field`), also when
     the sweep stops early."""
-    from dsum.files import atomic_write_json
-    from dsum.secrets import redact
+    from dsum.infra.files import atomic_write_json
+    from dsum.infra.secrets import redact
 
     if not in_process_enabled(in_process):
         return sweep.run()
@@ -771,7 +775,7 @@ def run_wandb_agent(sweep_id: str, name: str, config: Mapping[str, Any], count: 
     W&B's Python agent (``wandb.agent(sweep, function=...)``) calls ``function`` once per trial in this process,
     with the trial's ``WANDB_RUN_ID``, ``WANDB_SWEEP_ID`` and ``WANDB_SWEEP_PARAM_PATH`` set, as ``wandb agent``
     sets them for a trial process. The function builds the trial's command exactly as ``wandb agent`` would from the
-    sweep's ``command`` (:func:`dsum.sweep.local.agent_command`) and hands a ``validate``/``test`` trial to the
+    sweep's ``command`` (:func:`dsum.sweep.trials.agent_command`) and hands a ``validate``/``test`` trial to the
     worker (model kept loaded, generations reused), anything else to a process of its own. The trial opens its own
     W&B run with that id, as a trial process does. Returns the number of failed trials.
 
@@ -786,8 +790,8 @@ def run_wandb_agent(sweep_id: str, name: str, config: Mapping[str, Any], count: 
     """
     import yaml
 
-    from dsum.sweep.local import agent_command as trial_command
     from dsum.sweep.summary import sweep_dir_for
+    from dsum.sweep.trials import agent_command as trial_command
     from dsum.sweep.wandb_backend import agent_env, sweep_path
 
     if agent is None:

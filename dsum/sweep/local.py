@@ -40,12 +40,10 @@ this module is the engine, and every name it had before the split is still impor
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
-import platform
 import random
 import secrets
 import shlex
@@ -56,17 +54,19 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
+from filelock import FileLock
 from optuna.trial import TrialState
 
 from dsum.constants import MONITOR
-from dsum.files import atomic_write_json
-from dsum.secrets import redact, redact_text, refuse_secret_values
+from dsum.infra.files import atomic_write_json
+from dsum.infra.log import note, warn
+from dsum.infra.secrets import redact, redact_text, refuse_secret_values
 from dsum.sweep import pruning
 from dsum.sweep.search_space import check_bayes_space, grid_combinations, suggest_param
 from dsum.sweep.spec import load_sweep, sample_params, validate_sweep
@@ -91,6 +91,7 @@ from dsum.sweep.trials import (
     TRIAL_STARTED_ATTR,
     Claim,
     Outcome,
+    agent_command,
     display_url,
     is_stale,
     local_study_id,
@@ -200,31 +201,6 @@ def local_worker_command(sweep_file: str | Path, count: int | None, storage: str
     return command
 
 
-def agent_command(config: Mapping[str, Any], params: Mapping[str, Any], args_json_file: str | Path
-                  ) -> tuple[list[str], bool]:
-    """The argv ``wandb agent`` runs for ``params`` (``wandb_agent.Agent._command_run``, wandb 0.31), and
-    whether it reads ``${args_json_file}``. ``${interpreter}`` is this interpreter."""
-    from wandb.sdk.launch.sweeps.utils import (
-        DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args,
-    )
-
-    sweep_command = create_sweep_command(list(config.get("command") or DEFAULT_SWEEP_COMMAND))
-    sweep_vars = create_sweep_command_args({"args": {name: {"value": v} for name, v in params.items()}})
-    sweep_vars["interpreter"] = [sys.executable]
-    sweep_vars["program"] = [config["program"]] if config.get("program") else []
-    sweep_vars["args_json_file"] = [str(args_json_file)]
-    if platform.system() != "Windows":
-        sweep_vars["env"] = ["/usr/bin/env"]
-    command: list[str] = []
-    for chunk in sweep_command:
-        chunk = str(chunk)
-        if chunk.startswith("${") and chunk.endswith("}"):
-            command += sweep_vars.get(chunk[2:-1]) or []
-        else:
-            command.append(chunk)
-    return command, "${args_json_file}" in sweep_command
-
-
 # ------------------------------------------------------------------------------------------- the sweep
 class LocalSweep:
     """One invocation of ``local``: a study, K worker threads, each running one trial process at a time."""
@@ -298,13 +274,9 @@ class LocalSweep:
         """Serialise study set-up and trial claims between this process's threads, other worker processes on
         this machine and, on PostgreSQL, every machine sharing the study (run_cap and --count are counted in the
         storage under it; the grid is queued once)."""
-        with self.lock, open(self.sweep_dir / LOCK_FILE, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                with database_lock(getattr(self.storage, "engine", None), f"dsum.sweep: {self.study_id}"):
-                    yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with (self.lock, FileLock(self.sweep_dir / LOCK_FILE),
+              database_lock(getattr(self.storage, "engine", None), f"dsum.sweep: {self.study_id}")):
+            yield
 
     def _open_study(self) -> optuna.Study:
         if self.method == "bayes":
@@ -410,8 +382,8 @@ class LocalSweep:
             if not isinstance(claim, list):
                 return claim
             if not announced:
-                print(f"dsum: waiting for the trials other workers run ({', '.join(claim)}) to end, or to go stale "
-                      "and be run again here", flush=True)
+                note(f"dsum: waiting for the trials other workers run ({', '.join(claim)}) to end, or to go stale "
+                     "and be run again here")
                 announced = True
             self.stop.wait(min(self.heartbeat_seconds, FOLLOW_SECONDS))
 
@@ -523,7 +495,7 @@ class LocalSweep:
                     claim.trial.set_user_attr(TRIAL_PID_ATTR, process.pid)
                     claim.trial.set_user_attr(TRIAL_STARTED_ATTR, process_started(process.pid))
                 except Exception as error:  # noqa: BLE001 (a storage hiccup must not orphan the trial process)
-                    print(f"dsum: trial {claim.number}: its pid was not recorded ({error})", flush=True)
+                    warn(f"dsum: trial {claim.number}: its pid was not recorded ({error})")
                 try:
                     code = self._wait(process, claim)
                 finally:
@@ -544,7 +516,7 @@ class LocalSweep:
                 except optuna.exceptions.UpdateFinishedTrialError:
                     self.held.pop(number, None)  # finished meanwhile
                 except Exception as error:  # noqa: BLE001 (a storage hiccup must not stop the sweep)
-                    print(f"dsum: trial {number}: heartbeat not recorded ({error})", flush=True)
+                    warn(f"dsum: trial {number}: heartbeat not recorded ({error})")
 
     def _outcome(self, code: int | None, run_dir: Path, seconds: float, dead_worker: bool = False) -> Outcome:
         """How a trial ended, from its exit code and run record (``dead_worker``: the exit code is unknown
@@ -704,7 +676,7 @@ class LocalSweep:
                 self.interrupted = True
                 self.stop_reason = "interrupted (Ctrl+C)"
                 self.stop.set()
-                print("dsum: interrupted; waiting for running trials to record their state", flush=True)
+                note("dsum: interrupted; waiting for running trials to record their state")
                 deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
                 while any(p.poll() is None for p in list(self.running.values())) and time.monotonic() < deadline:
                     time.sleep(0.5)

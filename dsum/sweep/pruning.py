@@ -9,7 +9,7 @@ record then says ``pruned``.
 
 :class:`WandbHyperbandPruner` is W&B's own hyperband rule (``sweeps.hyperband_stopping``), not an
 approximation: bands at ``min_iter * eta**k`` (or ``max_iter / eta**i``, ``i = 1..s``); at the highest band
-a trial has reached, it is stopped when its best value so far (its value at that band with ``strict``) is
+a trial has reached, it is stopped when its value at that band (its best so far with ``strict: false``) is
 worse than the ``1/eta`` quantile of every trial's value at that band. Optuna's own HyperbandPruner runs
 several synchronous brackets and its SuccessiveHalvingPruner ranks a little differently, so neither would
 stop the same trials as a W&B sweep with the same YAML.
@@ -94,14 +94,15 @@ class WandbHyperbandPruner:
 
     Args:
         early_terminate: The sweep YAML's ``early_terminate`` block (``type: hyperband``, ``min_iter`` or
-            ``max_iter`` + ``s``, ``eta`` (default 3), ``strict``).
+            ``max_iter`` + ``s``, ``eta`` (default 3), ``strict`` (default true, as W&B's sweep schema fills
+            it in: a run is judged by its value at the band, not its best so far).
     """
 
     def __init__(self, early_terminate: Mapping[str, Any]) -> None:
         self.config = dict(early_terminate)
         self.bands = hyperband_bands(early_terminate)
         self.ratio = 1.0 / float(early_terminate.get("eta", 3))
-        self.strict = early_terminate.get("strict") is True
+        self.strict = early_terminate.get("strict", True) is True
 
     def thresholds(self, histories: list[list[float]]) -> list[float]:
         """Per band, the value a run must not exceed (minimisation), from every run's history."""

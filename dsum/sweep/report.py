@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsum.constants import MONITOR
-from dsum.files import atomic_open, atomic_write_text, read_json
-from dsum.secrets import redact_text
-from dsum.sweep.registry import Goal, beats
+from dsum.infra.files import atomic_open, atomic_write_text, read_json
+from dsum.infra.secrets import redact_text
+from dsum.registry import Goal, beats
 from dsum.sweep.summary import collect_trials
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import yaml
 
-from dsum.sweep.spec import SweepSpecError, distribution_of
+from dsum.sweep.spec import PARAM_DEFAULTS, SweepSpecError, distribution_of
 
 # Distributions TPE draws exactly: (value range as (low, high) from the spec, log scale, quantised).
 BAYES_FLOATS = {
@@ -61,7 +61,7 @@ def grid_combinations(config: Mapping[str, Any]) -> list[dict[str, Any]]:
         elif dist == "int_uniform":
             values = list(range(int(spec["min"]), int(spec["max"]) + 1))
         elif dist == "q_uniform":
-            values = np.arange(spec["min"], spec["max"], spec.get("q", 1)).tolist()
+            values = np.arange(spec["min"], spec["max"], spec.get("q", PARAM_DEFAULTS["q"])).tolist()
         else:
             raise SweepSpecError(f"parameters.{name}: grid search cannot enumerate {dist}; list the points "
                                  "with `values:` or use method random/bayes")
@@ -116,4 +116,4 @@ def suggest_param(trial: optuna.Trial, name: str, spec: Mapping[str, Any]) -> An
     bounds, log = BAYES_FLOATS[dist]
     low, high = bounds(spec)
     value = trial.suggest_float(name, float(low), float(high), log=log)
-    return _quantize(value, spec.get("q", 1)) if dist.startswith("q_") else value
+    return _quantize(value, spec.get("q", PARAM_DEFAULTS["q"])) if dist.startswith("q_") else value

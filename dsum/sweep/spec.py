@@ -21,23 +21,10 @@ import yaml
 from dsum.constants import MONITOR
 from dsum.sweep import mapping as P
 
-# Value types of the keys sweeps commonly set, to catch distributions that cannot produce a valid value (a float
-# for an int key, ...) before a sweep starts; every value is typed again by jsonargparse when a trial parses it.
-INT_KEYS = frozenset({
-    "data.batch_size", "data.eval_batch_size", "data.encoder_max_len", "data.decoder_max_len", "data.max_tokens",
-    "data.val_subset", "data.num_workers", "data.seed", "trainer.max_epochs", "trainer.max_steps",
-    "trainer.accumulate_grad_batches", "trainer.num_nodes", "early_stopping.patience", "model.num_cycles",
-    "model.generation.num_beams", "model.generation.no_repeat_ngram_size", "model.generation.max_new_tokens",
-    "model.generation.min_new_tokens", "seed_everything", "model.lora.r", "model.lora.alpha", P.EFFECTIVE_BATCH,
-})
-FLOAT_KEYS = frozenset({
-    "model.learning_rate", "model.weight_decay", "model.warmup_ratio", "model.label_smoothing",
-    "model.generation.length_penalty", "model.generation.top_p", "model.generation.temperature",
-    "early_stopping.min_delta", "trainer.gradient_clip_val", "model.lora.dropout", "data.length_noise", P.LR_SCALE,
-    "model.lora.plus_lr_ratio", "model.neftune_alpha",
-})
-BOOL_KEYS = frozenset({"model.generation.do_sample", "model.generation.early_stopping", "fp16", "bf16",
-                       "model.lora.use_dora", "model.lora.use_rslora", "model.packing"})
+# Value types of sweep-only parameters, which are no CLI key (every CLI key's type is read from the parser, see
+# `_kind`): to catch distributions that cannot produce a valid value (a float for an int key, ...) before a sweep
+# starts; every value is typed again by jsonargparse when a trial parses it.
+SWEEP_ONLY_KINDS: dict[str, P.Kind] = {P.EFFECTIVE_BATCH: "int", P.LR_SCALE: "float", "fp16": "bool", "bf16": "bool"}
 
 __all__ = [
     "LOGGED_METRICS",
@@ -82,6 +69,9 @@ LOGGED_METRICS: dict[str, str | None] = {
     "test/gen_len": None,
 }
 METRIC_KEYS = frozenset({"name", "goal", "target", "impute", "impute_while_running"})
+METRIC_GOALS = ("maximize", "minimize")
+# Keys of `early_terminate: {type: hyperband, ...}`, the one early termination W&B has.
+EARLY_TERMINATE_KEYS = frozenset({"type", "min_iter", "max_iter", "s", "eta", "strict"})
 
 # Distribution -> (required keys, optional keys). `None` keys of W&B's schema are listed as optional.
 DISTRIBUTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -104,6 +94,8 @@ DISTRIBUTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "beta": (frozenset(), frozenset({"a", "b"})),
     "q_beta": (frozenset(), frozenset({"a", "b", "q"})),
 }
+# W&B's defaults for a distribution's optional keys.
+PARAM_DEFAULTS = {"q": 1, "mu": 0.0, "sigma": 1.0, "a": 1.0, "b": 1.0}
 # W&B's grid search accepts only these (and refuses probabilities).
 GRID_DISTRIBUTIONS = frozenset({"constant", "categorical", "int_uniform", "q_uniform"})
 # Distributions whose draws are integral (q_* only with an integral q).
@@ -243,6 +235,7 @@ def _check_parameter(name: str, spec: Any, method: str) -> list[str]:
         return problems
 
     key = P.target_key_or_none(name) or name
+    kind = _kind(name, key)
     if method == "grid" and dist not in GRID_DISTRIBUTIONS:
         problems.append(
             f"{where}: grid search cannot use the continuous distribution {dist}; "
@@ -266,33 +259,37 @@ def _check_parameter(name: str, spec: Any, method: str) -> list[str]:
                 f"exp({lo})..exp({hi}) = {math.exp(lo):.3g}..{math.exp(hi):.3g}; "
                 f"for values between {lo} and {hi} use `distribution: {dist}_values`"
             )
-        if ("distribution" not in spec and dist == "int_uniform" and (lo, hi) == (0, 1)
-                and key not in FLOAT_KEYS | INT_KEYS):
+        if "distribution" not in spec and dist == "int_uniform" and (lo, hi) == (0, 1) and kind not in ("int", "float"):
             warnings.warn(
                 f"{where}: {{min: 0, max: 1}} without a distribution is int_uniform (0 or 1 only); write "
                 "0.0 and 1.0 (or `distribution: uniform`) for a fraction",
                 SweepSpecWarning,
                 stacklevel=4,
             )
-        if "distribution" not in spec and dist == "int_uniform" and key in FLOAT_KEYS:
+        if "distribution" not in spec and dist == "int_uniform" and kind == "float":
             problems.append(
                 f"{where}: {{min: {lo}, max: {hi}}} without a distribution is read by W&B as int_uniform "
                 f"(whole numbers only) but {key} is a float; write min/max as floats ({float(lo)}, "
                 f"{float(hi)}) or set `distribution: uniform`"
             )
-    if key in INT_KEYS and dist not in ("constant", "categorical", "categorical_w_probabilities"):
-        q = spec.get("q", 1)
+    if kind == "int" and dist not in ("constant", "categorical", "categorical_w_probabilities"):
+        q = spec.get("q", PARAM_DEFAULTS["q"])
         integral = dist in INTEGRAL_DISTRIBUTIONS or (dist.startswith("q_") and float(q).is_integer())
         if not integral:
             problems.append(
                 f"{where}: {key} takes integers but {dist} draws fractions; use `values:`, "
                 "int_uniform, or a q_ distribution with an integral q"
             )
-    problems += _check_values(name, where, key, spec, dist)
+    problems += _check_values(name, where, key, kind, spec, dist)
     return problems
 
 
-def _check_values(name: str, where: str, key: str, spec: Mapping[str, Any], dist: str) -> list[str]:
+def _kind(name: str, key: str) -> P.Kind:
+    """The value type of parameter ``name`` (which sets ``key``): a sweep-only name's, else the CLI key's."""
+    return SWEEP_ONLY_KINDS.get(name) or P.key_kind(key)
+
+
+def _check_values(name: str, where: str, key: str, kind: P.Kind, spec: Mapping[str, Any], dist: str) -> list[str]:
     if dist == "constant":
         values = [spec["value"]]
     elif dist.startswith("categorical"):
@@ -309,12 +306,10 @@ def _check_values(name: str, where: str, key: str, spec: Mapping[str, Any], dist
         return []
     problems = []
     for value in values:
-        if key in INT_KEYS and value is not None and not (
-            _is_number(value) and float(value).is_integer()
-        ):
+        if kind == "int" and value is not None and not (_is_number(value) and float(value).is_integer()):
             problems.append(f"{where}: {key} takes integers, got {value!r}")
             continue
-        if (key in BOOL_KEYS or name in BOOL_KEYS) and not isinstance(value, bool):
+        if kind == "bool" and not isinstance(value, bool):
             problems.append(f"{where}: {name} takes true or false, got {value!r}")
             continue
         if name == P.PRESET_PARAM:
@@ -452,7 +447,7 @@ def _check_metric(metric: Mapping[str, Any]) -> list[str]:
     goal = metric.get("goal")
     if goal is None:
         problems.append("metric.goal: missing (W&B then minimizes); set maximize or minimize")
-    elif goal not in ("maximize", "minimize"):
+    elif goal not in METRIC_GOALS:
         problems.append(f"metric.goal: must be maximize or minimize, got {goal!r}")
     elif LOGGED_METRICS.get(name) not in (None, goal):
         problems.append(f"metric.goal: {goal} on {name} optimizes the wrong way ({LOGGED_METRICS[name]} it)")
@@ -465,9 +460,8 @@ def _check_early_terminate(early: Any) -> list[str]:
     if not isinstance(early, Mapping) or early.get("type") != "hyperband":
         return ["early_terminate: only {type: hyperband, ...} is supported by W&B"]
     problems = []
-    allowed = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
-    if set(early) - allowed:
-        problems.append(f"early_terminate: unknown keys {', '.join(sorted(set(early) - allowed))}")
+    if set(early) - EARLY_TERMINATE_KEYS:
+        problems.append(f"early_terminate: unknown keys {', '.join(sorted(set(early) - EARLY_TERMINATE_KEYS))}")
     if "min_iter" not in early and not {"max_iter", "s"} <= set(early):
         problems.append("early_terminate: hyperband needs min_iter, or max_iter and s")
     if "min_iter" in early and (not isinstance(early["min_iter"], int) or early["min_iter"] < 1):
@@ -500,8 +494,7 @@ def _check_parameter_set(parameters: Mapping[str, Any], method: str) -> list[str
 def _sample_one(spec: Mapping[str, Any], rng: random.Random) -> Any:
     dist = distribution_of(spec)
     lo, hi = spec.get("min"), spec.get("max")
-    q = spec.get("q", 1)
-    mu, sigma = spec.get("mu", 0.0), spec.get("sigma", 1.0)
+    q, mu, sigma, a, b = (spec.get(k, PARAM_DEFAULTS[k]) for k in ("q", "mu", "sigma", "a", "b"))
 
     def quantize(x: float) -> float:
         return round(x / q) * q
@@ -539,7 +532,7 @@ def _sample_one(spec: Mapping[str, Any], rng: random.Random) -> Any:
     if dist == "q_log_normal":
         return quantize(math.exp(rng.gauss(mu, sigma)))
     if dist in ("beta", "q_beta"):
-        x = rng.betavariate(spec.get("a", 1.0), spec.get("b", 1.0))
+        x = rng.betavariate(a, b)
         return quantize(x) if dist == "q_beta" else x
     raise SweepSpecError(f"cannot sample distribution {dist!r}")
 

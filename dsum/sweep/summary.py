@@ -8,7 +8,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,12 +15,13 @@ from typing import Any
 
 import yaml
 
-from dsum.constants import MONITOR, SWEEP_DIR_ENV
 from dsum.callbacks.record import RUN_RECORD
-from dsum.fidelity import FIDELITY_KEYS
-from dsum.files import atomic_write_json, atomic_write_text, read_json
-from dsum.secrets import redact
-from dsum.sweep.registry import (
+from dsum.constants import MONITOR, SWEEP_DIR_ENV
+from dsum.eval.fidelity import FIDELITY_KEYS
+from dsum.infra.files import atomic_write_json, atomic_write_text, read_json
+from dsum.infra.log import warn
+from dsum.infra.secrets import redact
+from dsum.registry import (
     DEFAULT_REGISTRY, SANDBOX_REGISTRY, Goal, RegistryError, beats, promote_if_better, registry_for, resolve, run_facts,
     wandb_online,
 )
@@ -81,7 +81,7 @@ def collect_trials(sweep_dir: str | Path, sweep_id: str | None = None, metric: s
 
 
 def fidelity_at_best(record: dict[str, Any], metric: str, goal: Goal) -> dict[str, float] | None:
-    """Mask precision, recall, F1 and length ratio (:mod:`dsum.fidelity`) of the validation that scored the
+    """Mask precision, recall, F1 and length ratio (:mod:`dsum.eval.fidelity`) of the validation that scored the
     trial's best ``metric`` (the record's final metrics for a ``validate`` trial), or None if not recorded."""
     prefix = metric.split("/", 1)[0] + "/" if "/" in metric else ""
     entries = [h for h in record.get("metrics_history") or []
@@ -124,7 +124,7 @@ def promote_best(best: dict[str, Any], sweep_id: str, metric: str, goal: Goal, r
         )
     except (RegistryError, OSError, ValueError, yaml.YAMLError) as error:
         # A damaged file (key.json, config.yaml, a half-written export): the summary reports it and goes on.
-        print(f"dsum: not promoted: {error}", file=sys.stderr)
+        warn(f"dsum: not promoted: {error}")
         return {"promoted": False, "registry": None, "registry_key": None, "registry_version": None,
                 "promotion_error": str(error)}
     version = promotion.version if promotion.promoted else (promotion.incumbent or {}).get("version")

@@ -4,7 +4,8 @@
   :func:`display_url`;
 - what a worker records on each trial it claims (``*_ATTR`` user attributes: parameters, run id, the worker's
   host, pid and heartbeat), :class:`Claim`, and how a trial ended, :class:`Outcome`;
-- stale trials: :func:`is_stale` tells when a RUNNING trial's worker is gone.
+- stale trials: :func:`is_stale` tells when a RUNNING trial's worker is gone;
+- the command ``wandb agent`` would run for a trial: :func:`agent_command`.
 
 :mod:`dsum.sweep.local` (the engine) uses these and re-exports them.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,8 +26,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dsum.files import atomic_write_json
-from dsum.secrets import redact, redact_text
+from dsum.infra.files import atomic_write_json
+from dsum.infra.log import note, warn
+from dsum.infra.secrets import redact, redact_text
 from dsum.sweep.spec import load_sweep
 from dsum.sweep.wandb_backend import sweep_name
 
@@ -124,9 +128,9 @@ def stop_trial_process(pid: int, started: float | None, grace: float = ORPHAN_GR
     except psutil.NoSuchProcess:
         pass
     except psutil.Error as error:
-        print(f"dsum: could not stop orphaned trial process {pid}: {error}", flush=True)
+        warn(f"dsum: could not stop orphaned trial process {pid}: {error}")
         return False
-    print(f"dsum: stopped trial process {pid}, orphaned by its dead worker", flush=True)
+    note(f"dsum: stopped trial process {pid}, orphaned by its dead worker")
     return True
 
 
@@ -184,3 +188,28 @@ class Outcome:
     seconds: float
     returncode: int | None
     reason: str | None = None
+
+
+def agent_command(config: Mapping[str, Any], params: Mapping[str, Any], args_json_file: str | Path
+                  ) -> tuple[list[str], bool]:
+    """The argv ``wandb agent`` runs for ``params`` (``wandb_agent.Agent._command_run``, wandb 0.31), and
+    whether it reads ``${args_json_file}``. ``${interpreter}`` is this interpreter."""
+    from wandb.sdk.launch.sweeps.utils import (
+        DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args,
+    )
+
+    sweep_command = create_sweep_command(list(config.get("command") or DEFAULT_SWEEP_COMMAND))
+    sweep_vars = create_sweep_command_args({"args": {name: {"value": v} for name, v in params.items()}})
+    sweep_vars["interpreter"] = [sys.executable]
+    sweep_vars["program"] = [config["program"]] if config.get("program") else []
+    sweep_vars["args_json_file"] = [str(args_json_file)]
+    if platform.system() != "Windows":
+        sweep_vars["env"] = ["/usr/bin/env"]
+    command: list[str] = []
+    for chunk in sweep_command:
+        chunk = str(chunk)
+        if chunk.startswith("${") and chunk.endswith("}"):
+            command += sweep_vars.get(chunk[2:-1]) or []
+        else:
+            command.append(chunk)
+    return command, "${args_json_file}" in sweep_command

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from dsum.constants import SWEEP_DIR_ENV
-from dsum.secrets import refuse_secret_values
+from dsum.infra.secrets import refuse_secret_values
+from dsum.infra.tracking import has_wandb_credentials
 from dsum.sweep.spec import load_sweep, validate_sweep
 from dsum.sweep.summary import sweep_dir_for
-from dsum.tracking import has_wandb_credentials
 
 
 def sweep_name(config: dict[str, Any], path: str | Path) -> str:

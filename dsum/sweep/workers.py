@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dsum.infra.log import note
+
 
 @dataclass
 class WorkerResult:
@@ -101,14 +103,14 @@ def run_workers(commands: list[list[str]], log_dir: str | Path, env: dict[str, s
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=worker_env,
                                    preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
         running.append((i, process, handle, started, log_file, gpu))
-        print(f"dsum: worker {i} started (pid {process.pid}, gpu {gpu or 'none'}), log {log_file}")
+        note(f"dsum: worker {i} started (pid {process.pid}, gpu {gpu or 'none'}), log {log_file}")
     results = []
     for i, process, handle, started, log_file, gpu in running:
         code = process.wait()
         handle.close()
         result = WorkerResult(i, "completed" if code == 0 else "failed", code,
                               round(time.monotonic() - started, 2), str(log_file), gpu)
-        print(f"dsum: worker {i} {result.status} (return code {code}, {result.elapsed_seconds:.0f}s)")
+        note(f"dsum: worker {i} {result.status} (return code {code}, {result.elapsed_seconds:.0f}s)")
         results.append(result)
     return results
 

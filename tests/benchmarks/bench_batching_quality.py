@@ -44,7 +44,7 @@ def build_model(train_csv: Path, out: Path, d_model: int, layers: int) -> str:
     """A seeded random tiny BART with a tokenizer trained on ``train_csv``."""
     from transformers.utils import logging as hf_logging
 
-    from dsum.tiny import build_tiny_model
+    from dsum.tiny.build import build_tiny_model
 
     hf_logging.disable_progress_bar()
     return str(build_tiny_model("bart", out, [train_csv], d_model=d_model, layers=layers, seed=0))
@@ -85,7 +85,7 @@ def token_budget(opts: argparse.Namespace, model: str) -> int:
 
 def best_constant(references: list[list[str]], candidates: list[str], tokenizer: str) -> tuple[float, str]:
     """The highest dev ROUGE mean any single candidate summary gets when given for every example."""
-    from dsum.metrics import rouge_scores
+    from dsum.eval.metrics import rouge_scores
 
     best = max(((rouge_scores([c] * len(references), references, tokenizer)["rouge_mean"], c)
                 for c in dict.fromkeys(candidates)), key=lambda pair: pair[0])
@@ -127,7 +127,7 @@ def normalize_by_mean_batch_tokens(summarizer, dm, batch_size: int) -> None:
 def train_and_score(opts: argparse.Namespace, model: str, mode: str, seed: int, max_tokens: int | None) -> dict[str, Any]:
     import lightning.pytorch as L
 
-    from dsum.metrics import rouge_scores
+    from dsum.eval.metrics import rouge_scores
     from dsum.models import Seq2SeqSummarizer
     from dsum.models.base import GenerationSettings
 

@@ -45,10 +45,10 @@ GRID = {"num_beams": {"values": [1, 2]}, "no_repeat_ngram_size": {"values": [0, 
 def build_model(kind: str, root: Path) -> Path:
     """The tiny model ``kind`` under ``root``."""
     if kind == "bart":
-        from dsum.tiny import build_all
+        from dsum.tiny.build import build_all
 
         return build_all([SAMPLE / "train.csv"], root / "tiny")["bart"]
-    from dsum.tiny_llm import build_tiny_llm
+    from dsum.tiny.llm import build_tiny_llm
 
     return build_tiny_llm(root / "llm", [SAMPLE / "train.csv"], d_model=32, layers=1, vocab_size=1000,
                           pretrain_steps=0)

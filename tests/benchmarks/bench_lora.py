@@ -287,7 +287,7 @@ def main() -> None:
         if opts.tiny:
             tiny = Path(opts.tiny)
         else:
-            from dsum.tiny_llm import build_tiny_llm
+            from dsum.tiny.llm import build_tiny_llm
 
             tiny = build_tiny_llm(work / "tiny_llm", CSV)
         rows = [run_variant(v, tiny, work, opts) for v in CPU_VARIANTS] if opts.cpu == "on" else []

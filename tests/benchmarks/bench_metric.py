@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsum import metrics
-from dsum.metrics import RougeCalculator, get_tokenizer, rouge_scores
+from dsum.eval import tokenizers as metrics
+from dsum.eval.metrics import RougeCalculator, rouge_scores
+from dsum.eval.tokenizers import get_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CSV = next(

@@ -594,7 +594,7 @@ def build_model(csv: str, out: Path, sizes: dict[str, int], embedding_rows: int 
     from transformers import AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
 
-    from dsum.tiny import build_tiny_model
+    from dsum.tiny.build import build_tiny_model
 
     hf_logging.disable_progress_bar()
     path = build_tiny_model("bart", out, [csv], **sizes)

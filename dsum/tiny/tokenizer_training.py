@@ -1,4 +1,4 @@
-"""Tokenizer training for the tiny offline models (:mod:`dsum.tiny` and :mod:`dsum.tiny_llm` both use it): byte-
+"""Tokenizer training for the tiny offline models (:mod:`dsum.tiny` and :mod:`dsum.tiny.llm` both use it): byte-
 fallback BPE on a dialogue CSV's text, with each family's special tokens and the data's masks."""
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from dsum.callbacks.last import LAST_NAME
-from dsum.files import check_writable
+from dsum.constants import LAST_NAME
+from dsum.infra.files import check_writable
 
 # `--ckpt_path` values that Lightning resolves itself (not file names).
 SPECIAL_CKPT_PATHS = ("best", "hpc", "registry")

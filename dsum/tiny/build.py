@@ -34,8 +34,8 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from dsum.data.text import DEFAULT_MASKS, MASK_PATTERN  # noqa: F401 (DEFAULT_MASKS: the default masks, re-exported)
-from dsum.tiny_llm import PRETRAIN_STEPS
-from dsum.tiny_tokenizers import SPECIALS, as_paths, discover_masks, read_texts, train_backend
+from dsum.tiny.llm import PRETRAIN_STEPS
+from dsum.tiny.tokenizer_training import SPECIALS, as_paths, discover_masks, read_texts, train_backend
 
 FAMILIES: tuple[str, ...] = ("bart", "t5", "gpt2")
 """Model families :func:`build_tiny_model` can build."""
@@ -235,7 +235,7 @@ def main(
     pretrain_steps: int = PRETRAIN_STEPS,
 ) -> None:
     """Build tiny random BART / T5 / GPT-2 models, and a tiny Llama-style chat LLM (``llm``, briefly pre-trained:
-    see :mod:`dsum.tiny_llm`), with tokenizers trained on a dialogue CSV.
+    see :mod:`dsum.tiny.llm`), with tokenizers trained on a dialogue CSV.
 
     Args:
         csv: CSV file (or a list of them) with dialogue/summary columns to train the tokenizers on.
@@ -261,7 +261,7 @@ def main(
     for family in names:
         start = time.perf_counter()
         if family == "llm":
-            from dsum.tiny_llm import build_tiny_llm
+            from dsum.tiny.llm import build_tiny_llm
 
             path = build_tiny_llm(Path(out) / family, csv, d_model=d_model, layers=layers, heads=heads, ffn=ffn,
                                   vocab_size=vocab_size, max_positions=max_positions, seed=seed,
@@ -274,8 +274,3 @@ def main(
         )
         print(f"{family}: {path} ({time.perf_counter() - start:.1f}s)")
 
-
-if __name__ == "__main__":
-    from jsonargparse import CLI
-
-    CLI(main, as_positional=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from dsum.tiny_tokenizers import SPECIALS, as_paths, read_texts, train_backend
+from dsum.tiny.tokenizer_training import SPECIALS, as_paths, read_texts, train_backend
 
 LLM_FAMILY = "llm"
 

@@ -1,5 +1,5 @@
 """The inference settings an export carries (``dsum_inference.json``): decoding, post-processing, metric settings
-and removed strings. ``validate``/``test``/``predict`` and ``dsum.ensemble`` on an export use them, except settings given
+and removed strings. ``validate``/``test``/``predict`` and ``dsum.eval.ensemble`` on an export use them, except settings given
 on the command line, so a model scores and predicts the same wherever it is moved and whatever config is passed (the prompt template travels as ``prompt_template.json``, the generation config as
 ``generation_config.json``)."""
 

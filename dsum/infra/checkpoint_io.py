@@ -4,7 +4,7 @@ Lightning's ``TorchCheckpointIO`` stages a checkpoint in ``$TMPDIR`` and moves i
 directory is on another filesystem that move is a copy that first truncates the target, so a kill during the
 copy destroys the previous good ``last.ckpt`` (and every kill orphans a temp file of the checkpoint's size).
 :class:`AtomicCheckpointIO` writes beside the target instead, fsyncs, then renames (see
-:func:`dsum.files.atomic_open`): at any instant the final name holds the previous complete checkpoint or the
+:func:`dsum.infra.files.atomic_open`): at any instant the final name holds the previous complete checkpoint or the
 new one. The first save into a directory removes what killed saves left there.
 """
 
@@ -17,7 +17,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
-from dsum.files import atomic_open, remove_stale_temps
+from dsum.infra.files import atomic_open, remove_stale_temps
 
 
 def _is_local(path: _PATH) -> bool:

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
 
-from dsum.files import check_writable
+from dsum.infra.files import check_writable
 
 DEFAULT_PROJECT = "dsum"
 INIT_TIMEOUT_ENV = "DSUM_WANDB_INIT_TIMEOUT"

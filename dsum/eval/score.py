@@ -1,4 +1,4 @@
-"""Score a submission CSV against a labelled CSV: ``python -m dsum.score --pred sub.csv --gold dev.csv``.
+"""Score a submission CSV against a labelled CSV: ``python -m dsum.eval.score --pred sub.csv --gold dev.csv``.
 
 Prints one JSON object: ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean`` (their mean), all F1 × 100 (the
 leaderboard's scale), ``count``, and ``metric``: the metric's name and settings, e.g. ``{"name": "rouge",
@@ -9,18 +9,19 @@ names the file, and no traceback.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from jsonargparse import ArgumentParser
 
 from dsum.data.io import reference_columns
-from dsum.fidelity import fidelity_scores
-from dsum.metrics import DEFAULT_TOKENIZER, REFERENCE_RULES, TOKENIZERS, metric_settings, rouge_scores
+from dsum.eval.fidelity import fidelity_scores
+from dsum.eval.metrics import REFERENCE_RULES, metric_settings, rouge_scores
+from dsum.eval.tokenizers import DEFAULT_TOKENIZER, TOKENIZERS
+from dsum.infra.log import warn
 
 MAX_LISTED = 5
 # Cells that mean "no value" after a round trip through pandas, Excel or `str(None)` (compared lowercased,
@@ -90,8 +91,8 @@ def read_gold(path: Path) -> dict[str, list[str]]:
     for column in columns:
         marked = [str(i + 1) for i, value in enumerate(frame[column].tolist()) if is_missing_marker(value)]
         if marked:
-            print(f"warning: {path}: {len(marked)} '{column}' value(s) like NaN or N/A (data rows "
-                  f"{_listing(marked)}), treated as missing references and not scored against.", file=sys.stderr)
+            warn(f"warning: {path}: {len(marked)} '{column}' value(s) like NaN or N/A (data rows "
+                 f"{_listing(marked)}), treated as missing references and not scored against.")
     gold = {
         row["fname"]: [row[c] for c in columns if row[c].strip() and not is_missing_marker(row[c])]
         for row in frame[["fname", *columns]].to_dict("records")
@@ -141,7 +142,7 @@ def score_files(
         raise ScoreError(f"{pred}: fnames do not match {gold}; {'; '.join(parts)}.")
     empty = sum(1 for f in gold_refs if not predictions[f].strip())
     if empty:
-        print(f"warning: {pred}: {empty} empty prediction(s), scored 0.", file=sys.stderr)
+        warn(f"warning: {pred}: {empty} empty prediction(s), scored 0.")
     fnames = list(gold_refs)
     preds, refs = [predictions[f] for f in fnames], [gold_refs[f] for f in fnames]
     result: dict[str, Any] = dict(rouge_scores(preds, refs, tokenizer, references))
@@ -152,8 +153,8 @@ def score_files(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry: parse arguments, score, print one JSON object."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dsum.score",
+    parser = ArgumentParser(
+        prog="python -m dsum.eval.score",
         description="Score a submission CSV against a labelled CSV with Korean-aware ROUGE-1/2/L F1 (x 100).",
     )
     parser.add_argument("--pred", type=Path, required=True, help="Predictions: CSV with fname,summary.")

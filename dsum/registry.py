@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 import uuid
 import warnings
@@ -36,11 +35,12 @@ from typing import Any, Literal
 import yaml
 from filelock import FileLock
 
-from dsum.files import atomic_write_dir, atomic_write_json, is_complete_dir, read_json
+from dsum.infra.files import atomic_write_dir, atomic_write_json, is_complete_dir, read_json
+from dsum.infra.log import warn
 
 DEFAULT_REGISTRY = Path("models/registry")
 SANDBOX_REGISTRY = Path("models/sandbox")
-SAMPLE_DATA = Path(__file__).resolve().parents[2] / "data" / "sample"
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "data" / "sample"
 TINY_MARKER = "dsum_tiny"  # a config.json attribute that dsum.tiny models (and models fine-tuned from them) carry
 BEST = "best"
 KEY_FILE = "key.json"
@@ -79,7 +79,7 @@ class EvaluationKey:
     Args:
         metric: The logged metric name (``val/rouge_mean``).
         goal: ``maximize`` or ``minimize``.
-        settings: The metric's settings (ROUGE tokenizer, reference rule, scale; see ``dsum.metrics``).
+        settings: The metric's settings (ROUGE tokenizer, reference rule, scale; see ``dsum.eval.metrics``).
         val_sha256: SHA-256 of the validation file's bytes.
         val_subset: ``data.val_subset`` (None: the whole file).
         val_name: The validation file's name, for humans only (not part of the identity).
@@ -420,8 +420,8 @@ def promote_if_better(candidate: str | Path, value: float, key: EvaluationKey,
             incumbent = current_best(key_dir)
         except RegistryError as error:
             damaged, incumbent = alias_version(key_dir), None
-            print(f"dsum: warning: {error}; the '{BEST}' version v{damaged} is unusable, so the candidate "
-                  "replaces it", file=sys.stderr, flush=True)
+            warn(f"dsum: warning: {error}; the '{BEST}' version v{damaged} is unusable, so the candidate "
+                 "replaces it")
         if not beats(value, None if incumbent is None else incumbent["metric"]["value"], key.goal):
             return Promotion(False, key_dir, None, incumbent)
         # Never reuse a number, not even one a crash left behind: versions are immutable.

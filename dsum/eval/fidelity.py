@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dsum.data.text import MASK_PATTERN
-from dsum.metrics import PooledMean
+from dsum.eval.metrics import PooledMean
 
 FIDELITY_KEYS = ("mask_precision", "mask_recall", "mask_f1", "length_ratio")
 _COUNTS = ("matched", "predicted", "expected", "pred_chars", "ref_chars")
@@ -63,7 +63,7 @@ def fidelity_from_sums(matched: float, predicted: float, expected: float, pred_c
 
 
 def fidelity_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
-    """Corpus-level mask precision, recall, F1 and length ratio (what ``dsum.score`` reports).
+    """Corpus-level mask precision, recall, F1 and length ratio (what ``dsum.eval.score`` reports).
 
     Raises:
         ValueError: the two lists differ in length.
@@ -78,7 +78,7 @@ def fidelity_scores(predictions: Sequence[str], references: Sequence[str | Seque
 
 class FidelityMetrics(torch.nn.Module):
     """:func:`fidelity_scores` as an evaluation metric: synced across DDP ranks, each dataset index counted once
-    (one :class:`~dsum.metrics.PooledMean` per count; a ratio of means is the ratio of sums)."""
+    (one :class:`~dsum.eval.metrics.PooledMean` per count; a ratio of means is the ratio of sums)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -13,13 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dsum.secrets import redact_text
+from dsum.infra.secrets import redact_text
 
 TRACEBACK_ENV = "DSUM_TRACEBACK"
 # Write failures of the storage itself: a full disk or quota, a read-only or failing filesystem, no permission.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
-_DSUM_DIR = str(Path(__file__).resolve().parent)
+_DSUM_DIR = str(Path(__file__).resolve().parents[1])
 MAX_LINE = 600
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite (more often than ``divergence.max_nonfinite_steps`` allows)."""
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -50,14 +54,13 @@ def disk_error(error: BaseException) -> OSError | None:
 def fatal_message(error: BaseException) -> str | None:
     """One line (secrets masked) for a known fault behind ``error``, or None for anything else.
 
-    - a diverged run (:class:`dsum.callbacks.divergence.TrainingDiverged`);
-    - a W&B server out of reach while ``WANDB_MODE=online`` was asked for (:class:`dsum.tracking.WandbUnreachable`);
+    - a diverged run (:class:`TrainingDiverged`, raised by :class:`dsum.callbacks.divergence.NonFiniteLossGuard`);
+    - a W&B server out of reach while ``WANDB_MODE=online`` was asked for (:class:`dsum.infra.tracking.WandbUnreachable`);
     - a write that failed for lack of space, a read-only filesystem or permissions: the path and the errno;
     - a ``ValueError``, ``TypeError``, ``FileNotFoundError`` or ``IsADirectoryError`` raised by one of dsum's own
       checks, however deeply jsonargparse wrapped it.
     """
-    from dsum.callbacks.divergence import TrainingDiverged
-    from dsum.tracking import WandbUnreachable
+    from dsum.infra.tracking import WandbUnreachable
 
     chain = list(_chain(error))
     line = None

@@ -1,4 +1,4 @@
-"""Ensembling by minimum Bayes risk: ``python -m dsum.ensemble SOURCE SOURCE SOURCE ... --out ensemble.csv``.
+"""Ensembling by minimum Bayes risk: ``python -m dsum.eval.ensemble SOURCE SOURCE SOURCE ... --out ensemble.csv``.
 
 A source is a submission CSV (``fname,summary``, the sample layout's unnamed index column allowed) or an
 exported model directory (``best_model/`` of a run, any family). A model directory is first run through
@@ -10,12 +10,11 @@ Ties go to the source listed first.
 
 Output: the submission in the sample layout (``,fname,summary`` with an unnamed 0..n-1 index) and one JSON
 report on stdout (also written to ``--report``): how often each source won and, with ``--gold``, each
-source's score and the ensemble's, as ``dsum.score`` computes them.
+source's score and the ensemble's, as ``dsum.eval.score`` computes them.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import subprocess
@@ -28,20 +27,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from jsonargparse import ArgumentParser
 
 from dsum.data.io import DataError, read_dialogue_csv
-from dsum.files import atomic_write_json, atomic_write_text
-from dsum.metrics import (
-    DEFAULT_TOKENIZER,
-    REFERENCE_RULES,
-    TOKENIZERS,
-    RougeCalculator,
-    metric_settings,
-    rouge_scores,
-)
-from dsum.score import ScoreError, read_gold, read_predictions
+from dsum.eval.metrics import REFERENCE_RULES, RougeCalculator, metric_settings, rouge_scores
+from dsum.eval.score import ScoreError, read_gold, read_predictions
+from dsum.eval.tokenizers import DEFAULT_TOKENIZER, TOKENIZERS
+from dsum.infra.files import atomic_write_json, atomic_write_text
 
-MAIN = Path(__file__).resolve().parents[1] / "main.py"
+MAIN = Path(__file__).resolve().parents[2] / "main.py"
 MIN_SOURCES = 3
 # The end of `read_dialogue_csv`'s message about bad rows, which names a training setting.
 _SKIP_ROWS_HINT = "Fix these rows, or set data.on_bad_rows=skip to drop them (the count dropped is logged)."
@@ -76,7 +70,7 @@ def predict_with_model(model_dir: Path, data: Path, out_csv: Path, config: Path 
             ``config.yaml`` of the run that holds ``model_dir``.
         work_dir: Run directory for the predict run (its records and logs).
     """
-    from dsum.models.inference_settings import predict_args, saved_inference_settings  # dsum.models loads torch
+    from dsum.eval.inference_settings import predict_args, saved_inference_settings  # dsum.models loads torch
 
     model_dir, data, out_csv, work_dir = (p.resolve() for p in (model_dir, data, out_csv, work_dir))
     try:
@@ -238,7 +232,7 @@ def score_against_gold(
     summaries: Sequence[dict[str, str]], gold: Path, tokenizer: str, references: str
 ) -> list[dict[str, float]]:
     """ROUGE × 100 (``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean``) of each fname -> summary mapping against
-    ``gold``'s references, as ``dsum.score`` computes it."""
+    ``gold``'s references, as ``dsum.eval.score`` computes it."""
     try:
         gold_refs = read_gold(gold)
     except ScoreError as err:
@@ -259,8 +253,8 @@ def score_against_gold(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry: ensemble the sources, write the submission, print the report as JSON."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dsum.ensemble",
+    parser = ArgumentParser(
+        prog="python -m dsum.eval.ensemble",
         description="Pick, per dialogue, the candidate summary the other sources agree with most (MBR with ROUGE).",
     )
     parser.add_argument("sources", nargs="+", type=Path,
@@ -272,9 +266,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", type=Path,
                         help="Config for predicting with model directories (default: the run's config.yaml).")
     parser.add_argument("--tokenizer", choices=list(TOKENIZERS), default=DEFAULT_TOKENIZER,
-                        help="ROUGE tokenizer for agreement and scores (default: mecab).")
+                        help="ROUGE tokenizer for agreement and scores.")
     parser.add_argument("--references", choices=list(REFERENCE_RULES), default="mean",
-                        help="Rule over several gold references per row (default: mean).")
+                        help="Rule over several gold references per row.")
     parser.add_argument("--report", type=Path, help="Also write the JSON report here.")
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,89 @@
+"""The ``dsum`` logger: library messages (notes, progress, warnings to the user), on global rank 0 only.
+
+``note("dsum: ...")`` and ``warn("warning: ...")`` write the message as it is, one plain line (``%(message)s``), to
+the current ``sys.stderr``, and only in the process of global rank 0: Lightning's ``rank_zero_only.rank`` (which a
+Trainer sets to its global rank), else the ``RANK`` / ``LOCAL_RANK`` / ``SLURM_PROCID`` environment variables, and
+``NODE_RANK`` 0 (``NODE_RANK=k main.py`` on node k: each node's first process has local rank 0). Records also
+propagate to the root logger, so an application's own logging configuration (and pytest's ``caplog``) sees them.
+
+Which call for which message:
+
+- **A command's output** (the JSON of ``score``, tables, paths and one line per finished trial that scripts and
+  people read on stdout): ``print``, unchanged. **A command's fatal one-line error**: ``SystemExit(message)`` or
+  its ``print`` to stderr just before exiting, on every rank (a rank that fails says so).
+- **Code that runs inside a Lightning Trainer** (callbacks, models, the datamodule, ``dsum.cli``, tracking set-up at
+  trainer start): Lightning's ``rank_zero_info`` / ``rank_zero_warn``. Their info joins Lightning's own log and their
+  warnings are Python warnings, which users filter and tests catch as Lightning's are.
+- **Everything else** (the sweep engine and workers, the registry, the scoring tools, the data readers, tiny-model
+  builders): :func:`note` and :func:`warn` here. Warnings of a specific category that callers filter or test
+  (``warnings.warn(..., SweepSpecWarning)``) stay Python warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+from lightning_utilities.core.rank_zero import rank_zero_only
+
+NAME = "dsum"
+FORMAT = "%(message)s"
+# Lightning's order (lightning.fabric.utilities.rank_zero._get_rank), for processes where no Trainer set the rank.
+RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def global_rank() -> int:
+    """This process's global rank: Lightning's ``rank_zero_only.rank`` when set, else the first of :data:`RANK_ENV`
+    that is set (0 if none), and not 0 on a node other than ``NODE_RANK`` 0."""
+    rank = getattr(rank_zero_only, "rank", None)
+    if rank is None:
+        rank = int(next((os.environ[key] for key in RANK_ENV if os.environ.get(key)), 0))
+    if os.environ.get("NODE_RANK", "0") not in ("", "0"):
+        return max(rank, 1)  # a local rank 0 on node k > 0 is not global rank 0
+    return rank
+
+
+class RankZeroFilter(logging.Filter):
+    """Let records through only on global rank 0 (:func:`global_rank`), decided when each record is made."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return global_rank() == 0
+
+
+class StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted (a redirected or
+    captured stderr too), and flushes after each line."""
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        """Ignored: the stream is always the current ``sys.stderr``."""
+
+
+def get_logger() -> logging.Logger:
+    """The ``dsum`` logger, set up once: INFO and above, rank 0 only, plain lines to stderr."""
+    logger = logging.getLogger(NAME)
+    if not any(isinstance(f, RankZeroFilter) for f in logger.filters):
+        logger.addFilter(RankZeroFilter())
+    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter(FORMAT))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    return logger
+
+
+def note(message: str) -> None:
+    """A note or progress message for the user (INFO), e.g. ``note("dsum: worker 0 started ...")``."""
+    get_logger().info(message)
+
+
+def warn(message: str) -> None:
+    """A warning for the user (WARNING), written as given, e.g. ``warn(f"warning: {path}: 2 empty rows")``."""
+    get_logger().warning(message)

@@ -1,0 +1,7 @@
+"""``python -m dsum.tiny``: build the tiny offline models and tokenizers (see :func:`dsum.tiny.build.main`)."""
+
+from jsonargparse import CLI
+
+from dsum.tiny.build import main
+
+CLI(main, as_positional=False, prog="python -m dsum.tiny")
