@@ -21,11 +21,10 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
 from dsum.tiny.tokenizer_training import SPECIALS, as_paths, read_texts, train_backend
 
@@ -98,10 +97,7 @@ def _pretrain(model, tokenizer: PreTrainedTokenizerFast, documents: list[str], s
     if len(blocks) == 0:
         raise ValueError(f"too little text to pre-train on: {len(ids)} tokens < block_size={block_size}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)
     losses = []
     model.train()
     for step in range(steps):
