@@ -93,3 +93,20 @@ def test_the_ensemble_runs_a_moved_export_without_any_config(moved_export) -> No
     ours, reference = (pd.read_csv(path, keep_default_na=False)["summary"].tolist()
                        for path in (out, root / "reference" / "submission.csv"))
     assert ours == reference
+
+
+def test_a_secret_in_the_settings_is_masked_in_the_saved_file(tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from dsum.eval.inference_settings import save_inference_settings
+    from dsum.eval.postprocess import PostprocessSettings
+    from dsum.models.base import GenerationSettings
+
+    secret = "hf_s3cr3t_value_for_the_test"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    module = SimpleNamespace(hparams=SimpleNamespace(rouge_tokenizer="mecab", rouge_references="mean"),
+                             generation=GenerationSettings(), postprocess=PostprocessSettings(),
+                             remove_tokens=[secret, "<unk>"], input_layout=None)
+    saved = json.loads(save_inference_settings(module, tmp_path).read_text(encoding="utf-8"))
+    assert secret not in json.dumps(saved)
+    assert saved["remove_tokens"] == ["<redacted>", "<unk>"]

@@ -10,6 +10,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from dsum.infra.secrets import redact
+
 INFERENCE_FILE = "dsum_inference.json"
 # Model arguments that change what inference writes or how it is scored.
 SETTINGS = ("generation", "postprocess", "rouge_tokenizer", "rouge_references", "remove_tokens")
@@ -38,9 +40,10 @@ def predict_args(saved: dict[str, Any]) -> list[str]:
 
 
 def save_inference_settings(module: Any, directory: str | Path) -> Path:
-    """Write ``dsum_inference.json`` into an export directory."""
+    """Write ``dsum_inference.json`` into an export directory (secret values masked, as in every saved config)."""
     path = Path(directory) / INFERENCE_FILE
-    path.write_text(json.dumps(inference_settings(module), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(redact(inference_settings(module)), ensure_ascii=False, indent=2) + "\n",
+                    encoding="utf-8")
     return path
 
 
