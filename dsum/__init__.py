@@ -38,6 +38,9 @@ MOVED_MODULES = {
 class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old module name of :data:`MOVED_MODULES` and loads it as the module at its new place."""
 
+    def __init__(self) -> None:
+        self._real_specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
+
     def find_spec(self, fullname: str, path: object = None,
                   target: object = None) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MOVED_MODULES:
@@ -48,15 +51,19 @@ class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         new = MOVED_MODULES[spec.name]
         warnings.warn(f"{spec.name} moved to {new}; import it from there", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        self._real_specs[module.__name__] = module.__spec__  # the import system overwrites it with the old name's
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """Nothing to run: the module at the new place is already imported."""
+        """Nothing to run (the module at the new place is already imported): give it back its own spec."""
+        module.__spec__ = self._real_specs.pop(module.__name__, module.__spec__)
 
     def get_code(self, fullname: str) -> object:
         """The new module's code, for ``python -m <old name>`` (``runpy`` runs it as ``__main__``)."""
-        spec = importlib.util.find_spec(MOVED_MODULES[fullname])
-        return spec.loader.get_code(spec.name)  # type: ignore[union-attr]
+        new = MOVED_MODULES[fullname]
+        spec = sys.modules[new].__spec__ if new in sys.modules else importlib.util.find_spec(new)
+        return spec.loader.get_code(new)  # type: ignore[union-attr]
 
 
 if not any(isinstance(finder, _MovedModule) for finder in sys.meta_path):

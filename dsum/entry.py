@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
+from dsum.infra.log import every_rank
 from dsum.sweep.command import train
 
 TRAINING = ("fit", "validate", "test", "predict")
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = [sys.argv[0], command, *rest]
         train()
     elif command in TOOLS:
+        every_rank()  # a tool, not one rank of a training job: its messages show on every node
         TOOLS[command][0](rest)
     else:
         raise SystemExit(f"dsum: unknown command {command!r}\n{usage()}")

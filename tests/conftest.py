@@ -142,3 +142,12 @@ def tmpfs_mounted(target: Path, options: str) -> Iterator[bool]:
         if mounted:
             subprocess.run(["umount", "-l", str(target)], check=False)
 
+
+@pytest.fixture(autouse=True)
+def _messages_on_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tool's entry point (``dsum score``, ``dsum sweep``) switches its process to messages on every rank
+    (:func:`dsum.infra.log.every_rank`); in the test process that must not outlive the test that ran it."""
+    import dsum.infra.log
+
+    monkeypatch.setattr(dsum.infra.log, "_EVERY_RANK", False)
+

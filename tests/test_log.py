@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
+import os
+import subprocess
 import sys
 
 import pytest
 from lightning_utilities.core.rank_zero import rank_zero_only
 
-from dsum.infra.log import NAME, global_rank, note, warn
+from dsum.infra.log import every_rank, global_rank, note, warn
 from dsum.sweep.workers import run_workers
 
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK")
@@ -52,12 +53,25 @@ def test_lightnings_rank_decides_when_a_trainer_set_it(no_rank, capsys) -> None:
     assert capsys.readouterr().err == "dsum: from rank 0\n"
 
 
-def test_records_reach_the_applications_logging_on_rank_zero_only(no_rank, caplog) -> None:
-    with caplog.at_level(logging.INFO):
-        warn("warning: once")
-        no_rank.setenv("RANK", "2")
-        warn("warning: never")
-    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [(NAME, logging.WARNING, "warning: once")]
+def test_an_applications_logging_setup_neither_doubles_nor_silences_a_message() -> None:
+    script = ("import logging, logging.config\n"
+              "from dsum.infra.log import note, warn\n"
+              "logging.basicConfig()\n"  # a console handler on the root logger
+              "warn('warning: once')\n"
+              "logging.config.dictConfig({'version': 1})\n"  # disable_existing_loggers=True by default
+              "note('dsum: still here')\n")
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "warning: once\ndsum: still here\n" and done.stdout == ""
+
+
+def test_a_tool_process_reports_on_every_rank(no_rank, capsys) -> None:
+    no_rank.setenv("SLURM_PROCID", "1")  # `srun -N2 dsum sweep local ...` on the second node
+    note("dsum: hidden on a training rank")
+    every_rank()
+    note("dsum: a tool says it on every node")
+    assert capsys.readouterr().err == "dsum: a tool says it on every node\n"
 
 
 def test_the_parallel_launchers_progress_is_a_note_not_output(no_rank, tmp_path, capsys) -> None:

@@ -4,6 +4,7 @@ hyperparameters' classes there (``dsum.postprocess.PostprocessSettings``), and s
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pickle
 import subprocess
 import sys
@@ -44,3 +45,30 @@ def test_a_name_that_never_existed_still_fails() -> None:
 def test_the_old_python_m_commands_still_run() -> None:
     result = subprocess.run([sys.executable, "-m", "dsum.score", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--pred" in result.stdout and "--gold" in result.stdout
+
+
+def test_names_that_moved_out_of_an_old_module_still_import_from_it() -> None:
+    from dsum.eval import tokenizers
+    from dsum.tiny import build
+
+    with pytest.warns(DeprecationWarning):
+        old_metrics = _reimport("dsum.metrics") if "dsum.metrics" in sys.modules else importlib.import_module(
+            "dsum.metrics")
+    assert old_metrics.TOKENIZERS is tokenizers.TOKENIZERS and old_metrics.MecabTokenizer is tokenizers.MecabTokenizer
+    import dsum.tiny  # the old module `dsum.tiny` is now a package; its names resolve to dsum.tiny.build
+
+    assert dsum.tiny.build_tiny_model is build.build_tiny_model and dsum.tiny.FAMILIES == build.FAMILIES
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        dsum.tiny.nothing_here  # noqa: B018
+
+
+def test_an_old_name_leaves_the_module_its_own_spec() -> None:
+    import dsum.eval.fidelity as fidelity
+
+    sys.modules.pop("dsum.fidelity", None)
+    with pytest.warns(DeprecationWarning):
+        importlib.import_module("dsum.fidelity")
+    assert fidelity.__spec__.name == "dsum.eval.fidelity"
+    assert importlib.util.find_spec("dsum.eval.fidelity").origin.endswith("dsum/eval/fidelity.py")
+    assert importlib.reload(fidelity) is fidelity
+

@@ -34,6 +34,7 @@ from dsum.eval.metrics import REFERENCE_RULES, RougeCalculator, metric_settings,
 from dsum.eval.score import ScoreError, read_gold, read_predictions
 from dsum.eval.tokenizers import DEFAULT_TOKENIZER, TOKENIZERS
 from dsum.infra.files import atomic_write_json, atomic_write_text
+from dsum.infra.log import every_rank
 
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 MIN_SOURCES = 3
@@ -280,4 +281,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    every_rank()  # a tool, not one rank of a training job: its messages show on every node
     main()

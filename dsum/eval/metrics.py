@@ -26,6 +26,14 @@ import torch
 from torchmetrics import Metric
 
 from dsum.eval.tokenizers import DEFAULT_TOKENIZER, TOKENIZER_ALIASES, RougeTokenizer, get_tokenizer, tokenizer_name
+# Defined here before tokenizers.py was split off (`dsum.metrics` in scripts): still importable from here.
+from dsum.eval.tokenizers import TOKENIZERS as TOKENIZERS
+from dsum.eval.tokenizers import KiwiTokenizer as KiwiTokenizer
+from dsum.eval.tokenizers import MecabTokenizer as MecabTokenizer
+from dsum.eval.tokenizers import MorphemeTokenizer as MorphemeTokenizer
+from dsum.eval.tokenizers import TokenizerName as TokenizerName
+from dsum.eval.tokenizers import WhitespaceTokenizer as WhitespaceTokenizer
+from dsum.eval.tokenizers import clean_controls as clean_controls
 
 ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
 SCALE = 100.0  # every score is F1 x 100, the leaderboard's scale

@@ -21,7 +21,7 @@ from dsum.data.io import reference_columns
 from dsum.eval.fidelity import fidelity_scores
 from dsum.eval.metrics import REFERENCE_RULES, metric_settings, rouge_scores
 from dsum.eval.tokenizers import DEFAULT_TOKENIZER, TOKENIZERS
-from dsum.infra.log import warn
+from dsum.infra.log import every_rank, warn
 
 MAX_LISTED = 5
 # Cells that mean "no value" after a round trip through pandas, Excel or `str(None)` (compared lowercased,
@@ -180,4 +180,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    every_rank()  # a tool, not one rank of a training job: its messages show on every node
     main()

@@ -3,8 +3,13 @@
 ``note("dsum: ...")`` and ``warn("warning: ...")`` write the message as it is, one plain line (``%(message)s``), to
 the current ``sys.stderr``, and only in the process of global rank 0: Lightning's ``rank_zero_only.rank`` (which a
 Trainer sets to its global rank), else the ``RANK`` / ``LOCAL_RANK`` / ``SLURM_PROCID`` environment variables, and
-``NODE_RANK`` 0 (``NODE_RANK=k main.py`` on node k: each node's first process has local rank 0). Records also
-propagate to the root logger, so an application's own logging configuration (and pytest's ``caplog``) sees them.
+``NODE_RANK`` 0 (``NODE_RANK=k main.py`` on node k: each node's first process has local rank 0). Processes that
+are never one rank of a training job (the sweep engine, its workers, ``score``, ``ensemble``) call
+:func:`every_rank` first, so ``srun -N2 dsum sweep local ...`` reports on both nodes.
+
+The logger does not propagate: every message is printed once, as a plain line, whatever logging an application
+sets up (a root handler would print it a second time), and ``logging.config.dictConfig`` does not silence it. An
+application that wants the messages elsewhere adds its handler to the ``dsum`` logger (or sets ``propagate``).
 
 Which call for which message:
 
@@ -45,11 +50,21 @@ def global_rank() -> int:
     return rank
 
 
+_EVERY_RANK = False
+
+
+def every_rank() -> None:
+    """Print this process's messages whatever its rank: for processes that are not one rank of a training job."""
+    global _EVERY_RANK
+    _EVERY_RANK = True
+
+
 class RankZeroFilter(logging.Filter):
-    """Let records through only on global rank 0 (:func:`global_rank`), decided when each record is made."""
+    """Let records through only on global rank 0 (:func:`global_rank`), decided when each record is made, unless
+    :func:`every_rank` was called."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return global_rank() == 0
+        return _EVERY_RANK or global_rank() == 0
 
 
 class StderrHandler(logging.StreamHandler):
@@ -66,14 +81,16 @@ class StderrHandler(logging.StreamHandler):
 
 
 def get_logger() -> logging.Logger:
-    """The ``dsum`` logger, set up once: INFO and above, rank 0 only, plain lines to stderr."""
+    """The ``dsum`` logger, set up once: INFO and above, rank 0 only, plain lines to stderr, not propagated."""
     logger = logging.getLogger(NAME)
+    logger.disabled = False  # dictConfig(disable_existing_loggers=True) would silence dsum's messages
     if not any(isinstance(f, RankZeroFilter) for f in logger.filters):
         logger.addFilter(RankZeroFilter())
     if not any(isinstance(h, StderrHandler) for h in logger.handlers):
         handler = StderrHandler()
         handler.setFormatter(logging.Formatter(FORMAT))
         logger.addHandler(handler)
+        logger.propagate = False
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     return logger

@@ -15,7 +15,7 @@ from jsonargparse import CLI
 
 from dsum.constants import MONITOR
 from dsum.infra.files import atomic_write_json
-from dsum.infra.log import note
+from dsum.infra.log import every_rank, note
 from dsum.registry import (
     BEST, DEFAULT_REGISTRY, SANDBOX_REGISTRY, alias_version, key_dir_of, list_keys, move_alias, parse_version,
     version_meta,
@@ -304,4 +304,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    every_rank()  # a tool, not one rank of a training job: its messages show on every node
     main()

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from dsum.constants import SWEEP_DIR_ENV
-from dsum.infra.log import warn
+from dsum.infra.log import every_rank, warn
 
 IN_PROCESS_ENV = "DSUM_SWEEP_IN_PROCESS"
 SUBCOMMANDS = ("validate", "test")
@@ -676,9 +676,9 @@ def fork_server_main() -> None:
     ``{"code"}`` when it ends. The server itself starts no thread and touches no GPU, so a fork is safe."""
     import dsum.cli  # noqa: F401 (the imports every trial would pay)
     import dsum.sweep.command  # noqa: F401
-    from dsum.sweep.mapping import native_options
+    from dsum.sweep.mapping import bool_aliases, native_options
 
-    native_options()  # the CLI parser's keys, read once here rather than in every forked trial
+    native_options(), bool_aliases()  # the CLI parser's keys and types, read once here, not in every forked trial
 
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
     answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -833,4 +833,5 @@ def run_wandb_agent(sweep_id: str, name: str, config: Mapping[str, Any], count: 
 
 
 if __name__ == "__main__":
+    every_rank()  # the sweep engine's worker, not one rank of a training job
     fork_server_main() if sys.argv[1:] == ["--fork-server"] else worker_main()

@@ -4,4 +4,5 @@ from jsonargparse import CLI
 
 from dsum.tiny.build import main
 
-CLI(main, as_positional=False, prog="python -m dsum.tiny")
+if __name__ == "__main__":
+    CLI(main, as_positional=False, prog="python -m dsum.tiny")

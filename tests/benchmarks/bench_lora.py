@@ -167,7 +167,6 @@ def run_trl(model: str, run_dir: Path, steps: int, batch_size: int, warmup: int)
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_config = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
     times: list[float] = []
-    tokens: list[int] = []
 
     class Timer(TrainerCallback):
         start = 0.0
