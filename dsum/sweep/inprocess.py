@@ -676,7 +676,8 @@ def fork_server_main() -> None:
     ``{"code"}`` when it ends. The server itself starts no thread and touches no GPU, so a fork is safe."""
     import dsum.cli  # noqa: F401 (the imports every trial would pay)
     import dsum.sweep.command  # noqa: F401
-    from dsum.sweep.mapping import bool_aliases, native_options
+    from dsum.sweep.cli_keys import native_options
+    from dsum.sweep.mapping import bool_aliases
 
     native_options(), bool_aliases()  # the CLI parser's keys and types, read once here, not in every forked trial
 

@@ -20,6 +20,7 @@ import yaml
 
 from dsum.constants import MONITOR
 from dsum.sweep import mapping as P
+from dsum.sweep.cli_keys import key_kind
 
 # Value types of sweep-only parameters, which are no CLI key (every CLI key's type is read from the parser, see
 # `_kind`): to catch distributions that cannot produce a valid value (a float for an int key, ...) before a sweep
@@ -286,7 +287,7 @@ def _check_parameter(name: str, spec: Any, method: str) -> list[str]:
 
 def _kind(name: str, key: str) -> P.Kind:
     """The value type of parameter ``name`` (which sets ``key``): a sweep-only name's, else the CLI key's."""
-    return SWEEP_ONLY_KINDS.get(name) or P.key_kind(key)
+    return SWEEP_ONLY_KINDS.get(name) or key_kind(key)
 
 
 def _check_values(name: str, where: str, key: str, kind: P.Kind, spec: Mapping[str, Any], dist: str) -> list[str]:

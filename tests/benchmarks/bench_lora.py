@@ -129,25 +129,14 @@ def trl_dataset(model: str | Path, run_dir: Path) -> tuple[Any, Any]:
     """The TRL row's training data: the data module's chat prompts and summaries (the dsum rows' examples), as
     a pre-tokenized ``datasets.Dataset`` of ``input_ids`` (prompt + summary) and ``completion_mask`` (1 on the
     summary), which ``SFTTrainer`` trains on as is with ``completion_only_loss``; and the data module's tokenizer
-    (the data's masks added).
-
-    ``fit`` needs a validation file; the dsum rows' (``dev.csv``) is read but not used.
+    (the data's masks added). The pieces are ``bench_vs_trl``'s, the CPU comparison with TRL.
     """
     from datasets import Dataset
 
-    from dsum.data import DialogueDataModule
+    from tests.benchmarks.bench_vs_trl import chat_datamodule, split_examples, trl_rows
 
-    dm = DialogueDataModule(str(model), train_file=str(CSV), val_file=str(CSV.with_name("dev.csv")),
-                            decoder_only=True, prompt_template="chat", encoder_max_len=512, decoder_max_len=64,
-                            cache_dir=str(run_dir / "cache"))
-    dm.setup("fit")
-    features = dm.splits["train"].features
-    prompts, summaries = features["input_ids"], features["labels"]
-    data = Dataset.from_dict({
-        "input_ids": [p + s for p, s in zip(prompts, summaries)],
-        "completion_mask": [[0] * len(p) + [1] * len(s) for p, s in zip(prompts, summaries)],
-    })
-    return data, dm.tokenizer
+    dm = chat_datamodule(model, run_dir / "cache")
+    return Dataset.from_dict(trl_rows(split_examples(dm, "train"))), dm.tokenizer
 
 
 def run_trl(model: str, run_dir: Path, steps: int, batch_size: int, warmup: int) -> dict[str, Any]:
