@@ -12,10 +12,8 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-# Modules that the regrouping moved (the tree now reads as the data flow; see docs/NOTES.md). Checkpoints written
-# before it pickle their hyperparameters' classes under the old names (`dsum.postprocess.PostprocessSettings`), and
-# scripts may import them: an old name gives the module at its new place, with a DeprecationWarning, and
-# `python -m dsum.score` runs `dsum.eval.score`.
+# Old name -> new place of the modules the regrouping moved (docs/NOTES.md): old checkpoints pickle classes under
+# the old names, and scripts import them. An old name gives the new module with a DeprecationWarning.
 MOVED_MODULES = {
     "dsum.metrics": "dsum.eval.metrics",
     "dsum.postprocess": "dsum.eval.postprocess",
@@ -62,8 +60,7 @@ class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def get_code(self, fullname: str) -> object:
         """The new module's code, for ``python -m <old name>`` (``runpy`` runs it as ``__main__``)."""
         new = MOVED_MODULES[fullname]
-        spec = sys.modules[new].__spec__ if new in sys.modules else importlib.util.find_spec(new)
-        return spec.loader.get_code(new)  # type: ignore[union-attr]
+        return importlib.util.find_spec(new).loader.get_code(new)  # type: ignore[union-attr]
 
 
 if not any(isinstance(finder, _MovedModule) for finder in sys.meta_path):

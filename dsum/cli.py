@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -39,6 +40,7 @@ from dsum.infra.secrets import redact
 from dsum.infra.tracking import default_wandb_logger, ensure_wandb_mode
 
 CONFIG_NAME = "config.yaml"
+INPUT_LAYOUT = ("encoder_max_len", "decoder_max_len", "source_prefix", "source_suffix")
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -57,9 +59,6 @@ class RunConfigSaver(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
-ConfigHook = Callable[[Namespace], None]
-
-
 class DsumCLI(LightningCLI):
     """``python main.py {fit,validate,test,predict} --config configs/<model>.yaml [--key=value ...]``.
 
@@ -71,8 +70,8 @@ class DsumCLI(LightningCLI):
             instantiated; they may change it in place (the entry point adds a sweep trial's rules here).
     """
 
-    def __init__(self, args: list[str] | None = None, run: bool = True,
-                 extra_callbacks: Sequence[Callback] = (), config_hooks: Sequence[ConfigHook] = ()) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True, extra_callbacks: Sequence[Callback] = (),
+                 config_hooks: Sequence[Callable[[Namespace], None]] = ()) -> None:
         self.extra_callbacks = list(extra_callbacks)
         self.config_hooks = list(config_hooks)
         # What the command line sets beats what an export carries.
@@ -122,26 +121,22 @@ class DsumCLI(LightningCLI):
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
         parser.link_arguments("model.init_args.trust_remote_code", "data.trust_remote_code")
         # The data's lengths and affixes, so the model checks its limits when it is built.
-        parser.link_arguments(
-            ("data.encoder_max_len", "data.decoder_max_len", "data.source_prefix", "data.source_suffix"),
-            "model.init_args.input_layout", compute_fn=_input_layout,
-        )
+        parser.link_arguments(tuple(f"data.{name}" for name in INPUT_LAYOUT), "model.init_args.input_layout",
+                              compute_fn=_input_layout)
         # One seed: batch shuffling follows `seed_everything` (a sweep's `seed` changes both).
         parser.link_arguments("seed_everything", "data.seed", compute_fn=lambda seed: seed if type(seed) is int else 42)
-        parser.link_arguments(
-            "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints")
-        )
-        parser.link_arguments(
-            "trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints")
-        )
+        for target in ("checkpoint.dirpath", "last_checkpoint.dirpath"):
+            parser.link_arguments("trainer.default_root_dir", target, compute_fn=lambda d: str(Path(d) / "checkpoints"))
 
     def before_instantiate_classes(self) -> None:
         ensure_wandb_mode()
-        config = self._subcommand_config()
+        config = self.config[self.subcommand] if self.subcommand else self.config
         for hook in self.config_hooks:
             hook(config)
         # The data's layout follows the model family, set once here from the model class.
-        config.data.decoder_only = bool(getattr(_class_of(config.model.class_path), "decoder_only", False))
+        module_name, _, class_name = config.model.class_path.rpartition(".")
+        model_class = getattr(importlib.import_module(module_name), class_name)
+        config.data.decoder_only = bool(getattr(model_class, "decoder_only", False))
         # Before anything is written: a usable run directory, and the checkpoint named by --ckpt_path.
         check_run_dir(config.trainer.default_root_dir)
         take_slurm_requeue_signal()  # under SLURM: before the model loads, so no stage is left to Lightning's
@@ -158,9 +153,6 @@ class DsumCLI(LightningCLI):
             check_checkpoint_fits(self.checkpoint_file, self.model)
 
     before_fit = before_validate = before_test = before_predict = _check_checkpoint
-
-    def _subcommand_config(self) -> Namespace:
-        return self.config[self.subcommand] if self.subcommand else self.config
 
     @staticmethod
     def _run_identity(config: Namespace) -> tuple[str, bool]:
@@ -181,17 +173,15 @@ class DsumCLI(LightningCLI):
 
 def _use_export_settings(config: Namespace, given: set[str]) -> None:
     """An export's inference settings (``dsum_inference.json``), except those ``given`` on the command line."""
-    saved = saved_inference_settings(config.model.init_args.pretrained)
-    if saved:
-        taken = apply_saved_settings(config.model.init_args, saved, given)
-        if taken:
-            rank_zero_info(f"dsum: from {config.model.init_args.pretrained}/{INFERENCE_FILE}: {', '.join(taken)}")
+    saved = saved_inference_settings(config.model.init_args.pretrained) or {}
+    taken = apply_saved_settings(config.model.init_args, saved, given)
+    if taken:
+        rank_zero_info(f"dsum: from {config.model.init_args.pretrained}/{INFERENCE_FILE}: {', '.join(taken)}")
 
 
 def requeued_slurm_resume(config: Namespace) -> bool:
     """Whether this is a requeued SLURM job (``SLURM_RESTART_COUNT`` >= 1) of a ``fit`` whose run directory holds
-    ``last.ckpt``: it then resumes from it (the requeue ran the same command line, whose ``--ckpt_path``, if any,
-    is where the first attempt started, not where it stopped)."""
+    ``last.ckpt``, to resume from (the requeue's ``--ckpt_path``, if any, is where the first attempt started)."""
     if "ckpt_path" not in config or config.ckpt_path == "last":
         return False
     if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1 or not os.environ.get("SLURM_JOB_ID"):
@@ -206,20 +196,12 @@ def requeued_slurm_resume(config: Namespace) -> bool:
 
 def _with_atomic_checkpoints(plugins: Any) -> list[Any]:
     """The trainer's plugins plus :class:`AtomicCheckpointIO`, unless a config chose its own CheckpointIO."""
-    from lightning.fabric.plugins import CheckpointIO
-
     plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     return plugins
 
 
-def _input_layout(encoder_max_len: int, decoder_max_len: int, source_prefix: str, source_suffix: str) -> dict[str, Any]:
+def _input_layout(*values: Any) -> dict[str, Any]:
     """``model.input_layout`` from the ``data.*`` options (a mapping, which jsonargparse types as InputLayout)."""
-    return {"encoder_max_len": encoder_max_len, "decoder_max_len": decoder_max_len,
-            "source_prefix": source_prefix, "source_suffix": source_suffix}
-
-
-def _class_of(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    return dict(zip(INPUT_LAYOUT, values))

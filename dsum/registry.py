@@ -1,18 +1,15 @@
 """The model registry: immutable versions per evaluation key, and a ``best`` alias that only ever moves to a winner.
 
-Layout (one directory per **evaluation key**: the metric, its settings and the validation data it was scored on)::
+One directory per **evaluation key** (the metric, its settings and the validation data it was scored on)::
 
     models/registry/<key>/
-      key.json        the evaluation key (metric name and goal, metric settings, validation file hash, val_subset)
+      key.json        the evaluation key
       v1/ v2/ ...     immutable versions: the exported model (HF format or adapter) + meta.json
-      best -> v2      the alias: a relative symlink, replaced atomically (usable as --model.pretrained)
-      events.jsonl    every promotion and alias move, appended (an audit trail, not the source of truth)
+      best -> v2      the alias: a relative symlink, swapped atomically (usable as --model.pretrained)
+      events.jsonl    every promotion and alias move (an audit trail, not the source of truth)
 
-A model is compared only with the models of its own key, so a score on another validation file, subset or ROUGE
-tokenizer never replaces (or blocks) another. Runs scored on the bundled sample data or built on ``dsum.tiny``
-models are *sandbox* runs: :func:`registry_for` sends them to ``models/sandbox`` so they never reach the registry
-that real runs use. Promotion is atomic (a version is built beside, then renamed into place; the alias is a
-symlink swapped with one rename) and serialised per key by an exclusive file lock (``filelock``).
+A model is compared only with those of its own key. Sample-data and ``dsum.tiny`` runs are *sandbox* runs
+(:func:`registry_for` sends them to ``models/sandbox``). Promotion is atomic and serialised per key by a file lock.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +42,7 @@ BEST = "best"
 KEY_FILE = "key.json"
 META_FILE = "meta.json"
 EVENTS_FILE = "events.jsonl"
+LOCK_FILE = ".lock"
 VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
 VERSION_ARG = re.compile(r"^v?([1-9][0-9]*)$")  # what the CLI accepts for a version: v<N> or <N>
 Goal = Literal["maximize", "minimize"]
@@ -60,13 +57,10 @@ def _now() -> str:
 
 def beats(value: float, incumbent: float | None, goal: Goal) -> bool:
     """Whether ``value`` is strictly better than ``incumbent`` (None: nothing to beat)."""
-    if incumbent is None:
-        return True
-    return value > incumbent if goal == "maximize" else value < incumbent
+    return incumbent is None or (value > incumbent if goal == "maximize" else value < incumbent)
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, hex."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
@@ -74,45 +68,27 @@ def file_sha256(path: str | Path) -> str:
 # --------------------------------------------------------------------------------------------- the key
 @dataclass(frozen=True)
 class EvaluationKey:
-    """How a score was obtained; two scores are comparable only when their keys are equal.
+    """How a score was obtained; two scores are comparable only when their keys are equal."""
 
-    Args:
-        metric: The logged metric name (``val/rouge_mean``).
-        goal: ``maximize`` or ``minimize``.
-        settings: The metric's settings (ROUGE tokenizer, reference rule, scale; see ``dsum.eval.metrics``).
-        val_sha256: SHA-256 of the validation file's bytes.
-        val_subset: ``data.val_subset`` (None: the whole file).
-        val_name: The validation file's name, for humans only (not part of the identity).
-    """
-
-    metric: str
+    metric: str  # the logged metric name (val/rouge_mean)
     goal: Goal
-    settings: dict[str, Any]
-    val_sha256: str
-    val_subset: int | float | None = None
-    val_name: str = field(default="", compare=False)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that decide comparability (everything but the human-readable file name)."""
-        return {k: v for k, v in asdict(self).items() if k != "val_name"}
+    settings: dict[str, Any]  # the metric's settings (ROUGE tokenizer, reference rule, scale; see dsum.eval.metrics)
+    val_sha256: str  # SHA-256 of the validation file's bytes
+    val_subset: int | float | None = None  # data.val_subset (None: the whole file)
+    val_name: str = field(default="", compare=False)  # the validation file's name, for humans only (not identity)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, default=str).encode()).hexdigest()
+        identity = {k: v for k, v in asdict(self).items() if k != "val_name"}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
     def slug(self) -> str:
-        """The key's directory name: the metric and subset plus a hash of the whole identity, e.g.
-        ``val-rouge_mean__all__3f2a9c1d0b``. The file name stays out: the same bytes are the same key."""
+        """The key's directory name, e.g. ``val-rouge_mean__all__3f2a9c1d0b`` (metric, subset, identity hash)."""
         subset = "all" if self.val_subset is None else f"subset{self.val_subset}"
         readable = f"{self.metric}__{subset}"
         return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', readable).strip('-')}__{self.digest()[:10]}"
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "digest": self.digest()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> EvaluationKey:
-        return cls(metric=data["metric"], goal=data["goal"], settings=data["settings"], val_sha256=data["val_sha256"],
-                   val_subset=data.get("val_subset"), val_name=data.get("val_name", ""))
 
 
 @dataclass(frozen=True)
@@ -126,50 +102,31 @@ class RunFacts:
     sandbox: bool
 
 
-def _load_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise RegistryError(f"{path}: the run's config.yaml is missing; cannot tell what data it was scored on")
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
-
-
 def _is_tiny(model_dir: str | Path | None) -> bool:
     config = Path(model_dir) / "config.json" if model_dir else None
-    if not (config and config.is_file()):
-        return False
-    data = _read_registry_json(config)
+    data = _read_registry_json(config) if config and config.is_file() else None
     return isinstance(data, dict) and bool(data.get(TINY_MARKER))
 
 
 def _is_sample(val_sha256: str, val_file: Path) -> bool:
-    if SAMPLE_DATA in val_file.resolve().parents:
-        return True
-    return any(file_sha256(p) == val_sha256 for p in SAMPLE_DATA.glob("*.csv"))
+    return SAMPLE_DATA in val_file.resolve().parents or any(
+        file_sha256(p) == val_sha256 for p in SAMPLE_DATA.glob("*.csv"))
 
 
 def run_facts(record: dict[str, Any], metric: str, goal: Goal, run_dir: str | Path | None = None,
               export_dir: str | Path | None = None) -> RunFacts:
-    """The evaluation key and model facts of a run.
-
-    The metric settings are the run record's ``metric`` field when the run wrote one, else ``{"name": metric}``;
-    the validation data is ``data.val_file`` and ``data.val_subset`` of the run's ``config.yaml``, identified by the
-    SHA-256 the run recorded (``val_data.sha256`` in the record) or else by hashing the file now.
-
-    Args:
-        record: The run record (``run.json``).
-        metric: The metric the run is ranked by.
-        goal: ``maximize`` or ``minimize``.
-        run_dir: The run directory (default: the record's ``run_dir``).
-        export_dir: The exported model, checked for the tiny-model marker.
-
-    Raises:
-        RegistryError: The config or the validation file cannot be found.
+    """The evaluation key and model facts of a run (``record``: its ``run.json``; ``run_dir``: default the record's;
+    ``export_dir``: checked for the tiny-model marker): the record's ``metric`` settings (else ``{"name": metric}``),
+    and ``data.val_file``/``data.val_subset`` of its ``config.yaml``, hashed by the run (``val_data.sha256``) or now.
+    A :class:`RegistryError` when the config or the validation file cannot be found.
     """
     run_dir = Path(run_dir or record.get("run_dir") or ".")
     config_path = Path(record.get("config") or run_dir / "config.yaml")
     if not config_path.is_file():
         config_path = run_dir / "config.yaml"
-    config = _load_config(config_path)
+    if not config_path.is_file():
+        raise RegistryError(f"{config_path}: the run's config.yaml is missing; cannot tell what data it was scored on")
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     data = config.get("data") or {}
     if not data.get("val_file"):
         raise RegistryError(f"{config_path}: data.val_file is not set; a score without validation data is not ranked")
@@ -183,10 +140,8 @@ def run_facts(record: dict[str, Any], metric: str, goal: Goal, run_dir: str | Pa
     key = EvaluationKey(metric=metric, goal=goal, settings=settings, val_sha256=recorded or file_sha256(val_file),
                         val_subset=data.get("val_subset"), val_name=val_file.name)
     model = config.get("model") or {}
-    init = model.get("init_args") or {}
-    pretrained = init.get("pretrained")
-    sandbox = _is_sample(key.val_sha256, val_file) or _is_tiny(export_dir) or (
-        pretrained is not None and _is_tiny(pretrained))
+    pretrained = (model.get("init_args") or {}).get("pretrained")
+    sandbox = _is_sample(key.val_sha256, val_file) or _is_tiny(export_dir) or _is_tiny(pretrained)
     return RunFacts(key=key, val_file=str(val_file), model_class=model.get("class_path"), pretrained=pretrained,
                     sandbox=sandbox)
 
@@ -198,73 +153,49 @@ def registry_for(facts: RunFacts, registry: str | Path = DEFAULT_REGISTRY,
 
 
 # --------------------------------------------------------------------------------------------- checks
-def check_finite_weights(model_dir: str | Path) -> None:
-    """Refuse a model whose weights hold NaN or infinity (a diverged run must never be promoted).
-
-    Raises:
-        RegistryError: Naming the file and the first non-finite tensor, or when no weights are found.
-    """
+def _tensors(path: Path) -> Iterator[tuple[str, Any]]:
+    """A weights file's tensors by name, one at a time for safetensors (a shard is never loaded whole)."""
     import torch
     from safetensors import safe_open
 
+    if path.suffix == ".bin":
+        yield from torch.load(path, map_location="cpu", weights_only=True).items()
+        return
+    with safe_open(path, framework="pt") as handle:
+        for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            yield name, handle.get_tensor(name)
+
+
+def check_finite_weights(model_dir: str | Path) -> None:
+    """Refuse (:class:`RegistryError`) a model without weights or whose weights hold NaN or infinity."""
+    import torch
+
     model_dir = Path(model_dir)
-    files = sorted(model_dir.glob("*.safetensors"))
-    bins = sorted(model_dir.glob("*.bin"))
-    if not files and not bins:
+    files = [*sorted(model_dir.glob("*.safetensors")), *sorted(model_dir.glob("*.bin"))]
+    if not files:
         raise RegistryError(f"{model_dir}: no weights (*.safetensors or *.bin) to promote")
     for path in files:
-        with safe_open(path, framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                tensor = handle.get_tensor(name)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    raise RegistryError(f"{path}: tensor {name!r} holds NaN or infinite values; not promoted")
-    for path in bins:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for name, tensor in state.items():
+        for name, tensor in _tensors(path):
             if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise RegistryError(f"{path}: tensor {name!r} holds NaN or infinite values; not promoted")
 
 
-def _check_value(value: Any, metric: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise RegistryError(f"{metric}={value!r} is not a number; not promoted") from None
-    if not math.isfinite(value):
-        raise RegistryError(f"{metric}={value} is not finite; not promoted")
-    return value
-
-
 # --------------------------------------------------------------------------------------------- storage
-@contextmanager
-def key_lock(key_dir: Path) -> Iterator[None]:
-    """Exclusive lock shared by every process writing to one key (same machine, or NFS with working locks)."""
-    key_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(key_dir / ".lock"):
-        yield
-
-
 def versions(key_dir: str | Path) -> list[int]:
     """The complete versions of a key, ascending."""
-    key_dir = Path(key_dir)
-    if not key_dir.is_dir():
-        return []
-    found = [int(m.group(1)) for p in key_dir.iterdir() if (m := VERSION_DIR.match(p.name)) and is_complete_dir(p)]
-    return sorted(found)
+    found = Path(key_dir).glob("v*")
+    return sorted(int(m.group(1)) for p in found if (m := VERSION_DIR.match(p.name)) and is_complete_dir(p))
 
 
 def alias_version(key_dir: str | Path, alias: str = BEST) -> int | None:
     """The version an alias points at, or None."""
     link = Path(key_dir) / alias
-    if not link.is_symlink():
-        return None
-    match = VERSION_DIR.match(os.readlink(link))
+    match = VERSION_DIR.match(os.readlink(link)) if link.is_symlink() else None
     return int(match.group(1)) if match else None
 
 
 def _read_registry_json(path: Path) -> Any:
-    """A JSON file the registry reads (``meta.json``, ``key.json``, ``config.json``); a damaged one is a
-    :class:`RegistryError` naming it."""
+    """A JSON file the registry reads; a damaged one is a :class:`RegistryError` naming it."""
     try:
         return read_json(path)
     except json.JSONDecodeError as error:
@@ -277,12 +208,8 @@ def _read_registry_json(path: Path) -> Any:
 
 
 def check_meta(meta: Any, path: str | Path, version: int | None = None) -> dict[str, Any]:
-    """``meta`` if it is a usable version record: a JSON object with a finite number at ``metric.value`` (and,
-    when ``version`` is given, ``version`` equal to it).
-
-    Raises:
-        RegistryError: Naming the file and the missing or bad key.
-    """
+    """``meta`` if it is a JSON object with a finite number at ``metric.value`` (and ``version`` if given), else a
+    :class:`RegistryError` naming the file and the missing or bad key."""
     if not isinstance(meta, dict):
         raise RegistryError(f"{path}: not a JSON object (found {type(meta).__name__})")
     metric = meta.get("metric")
@@ -299,11 +226,7 @@ def check_meta(meta: Any, path: str | Path, version: int | None = None) -> dict[
 
 
 def version_meta(key_dir: str | Path, version: int) -> dict[str, Any]:
-    """The checked ``meta.json`` of ``v<version>``.
-
-    Raises:
-        RegistryError: No such version, or its ``meta.json`` is damaged (naming the file and key).
-    """
+    """The checked ``meta.json`` of ``v<version>`` (:class:`RegistryError`: no such version, or damaged)."""
     path = Path(key_dir) / f"v{version}" / META_FILE
     if not path.is_file():
         raise RegistryError(f"{path.parent}: no such version (versions: {versions(key_dir) or 'none'})")
@@ -311,14 +234,8 @@ def version_meta(key_dir: str | Path, version: int) -> dict[str, Any]:
 
 
 def key_dir_of(registry: str | Path, key: str) -> Path:
-    """The directory of ``key``, an existing evaluation key of ``registry`` (as ``registry list`` names it).
-
-    Creates nothing; a name that is not one of the registry's keys (unknown, a path, ``..``) is refused, so no
-    command can reach outside the registry root.
-
-    Raises:
-        RegistryError: Naming the registry, the key and the keys it has.
-    """
+    """The directory of ``key``, an existing evaluation key of ``registry``. Creates nothing; anything else
+    (unknown, a path, ``..``) is a :class:`RegistryError`, so no command can reach outside the registry root."""
     root = Path(registry)
     known = sorted(p.name for p in root.glob("*") if (p / KEY_FILE).is_file()) if root.is_dir() else []
     if key not in known:  # names of entries of root: never a path, never `..`
@@ -328,11 +245,7 @@ def key_dir_of(registry: str | Path, key: str) -> Path:
 
 
 def parse_version(text: str | int, key_dir: str | Path) -> int:
-    """The number of a version argument (``v<N>`` or ``<N>``).
-
-    Raises:
-        RegistryError: Naming the bad value and the versions ``key_dir`` has.
-    """
+    """The number of a version argument (``v<N>`` or ``<N>``), else a :class:`RegistryError`."""
     match = VERSION_ARG.match(str(text).strip())
     if match is None:
         have = ", ".join(f"v{v}" for v in versions(key_dir)) or "none"
@@ -375,11 +288,7 @@ class Promotion:
 
 
 def current_best(key_dir: str | Path) -> dict[str, Any] | None:
-    """The ``meta.json`` of the version ``best`` points at, or None.
-
-    Raises:
-        RegistryError: ``best`` points at a missing version, or its ``meta.json`` is damaged.
-    """
+    """The ``meta.json`` of the version ``best`` points at, or None (:class:`RegistryError` if damaged)."""
     version = alias_version(key_dir)
     return None if version is None else version_meta(key_dir, version)
 
@@ -387,41 +296,33 @@ def current_best(key_dir: str | Path) -> dict[str, Any] | None:
 def promote_if_better(candidate: str | Path, value: float, key: EvaluationKey,
                       registry: str | Path = DEFAULT_REGISTRY, meta: dict[str, Any] | None = None,
                       wandb_run: dict[str, Any] | None = None) -> Promotion:
-    """Add ``candidate`` as a new version of its key and point ``best`` at it, if ``value`` beats ``best``'s.
-
-    Args:
-        candidate: An exported model directory (a run's ``best_model/``, HF format or adapter).
-        value: The candidate's metric value (must be finite).
-        key: How the value was obtained; only versions of the same key are compared.
-        registry: The registry root (``models/registry``; sandbox runs use ``models/sandbox``).
-        meta: Facts recorded in ``meta.json`` (run id, sweep id, params, model, validation file, ...).
-        wandb_run: ``{"run_id", "project", "entity"}`` of the candidate's W&B run: when W&B is online, the new
-            version is also logged as a W&B model artifact with aliases ``best`` and ``dsum-v<N>``.
-
-    Returns:
-        A :class:`Promotion`.
-
-    Raises:
-        RegistryError: A non-finite value, an incomplete candidate, non-finite weights, a damaged ``key.json``.
-
-    A damaged incumbent (``best`` points at a missing version, or its ``meta.json`` has no finite
-    ``metric.value``) cannot be compared with: a one-line warning names it and any valid candidate replaces it.
+    """Add ``candidate`` (an exported model directory) as a new version of ``key`` and point ``best`` at it, if
+    ``value`` beats ``best``'s. ``meta`` adds facts to ``meta.json`` (run id, sweep id, params, ...); with
+    ``wandb_run`` (``{"run_id", "project", "entity"}``) and W&B online, the version is also logged to W&B
+    (:func:`log_wandb_model`). A damaged incumbent (missing version, no finite ``metric.value``) is replaced,
+    with a warning. Refused (:class:`RegistryError`): a non-finite value, an incomplete candidate, non-finite
+    weights, a damaged ``key.json``.
     """
     candidate = Path(candidate)
-    value = _check_value(value, key.metric)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise RegistryError(f"{key.metric}={value!r} is not a number; not promoted") from None
+    if not math.isfinite(value):
+        raise RegistryError(f"{key.metric}={value} is not finite; not promoted")
     if not is_complete_dir(candidate):
         raise RegistryError(f"{candidate}: not a complete exported model (no .complete marker)")
     check_finite_weights(candidate)
     key_dir = Path(registry) / key.slug()
-    with key_lock(key_dir):
+    key_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(key_dir / LOCK_FILE):  # every writer of a key takes it (same machine, or NFS with working locks)
         _check_key(key_dir, key)
         damaged: int | None = None
         try:
             incumbent = current_best(key_dir)
         except RegistryError as error:
             damaged, incumbent = alias_version(key_dir), None
-            warn(f"dsum: warning: {error}; the '{BEST}' version v{damaged} is unusable, so the candidate "
-                 "replaces it")
+            warn(f"dsum: warning: {error}; the '{BEST}' version v{damaged} is unusable, so the candidate replaces it")
         if not beats(value, None if incumbent is None else incumbent["metric"]["value"], key.goal):
             return Promotion(False, key_dir, None, incumbent)
         # Never reuse a number, not even one a crash left behind: versions are immutable.
@@ -454,30 +355,23 @@ def promote_if_better(candidate: str | Path, value: float, key: EvaluationKey,
 
 def move_alias(key_dir: str | Path, version: int, alias: str = BEST) -> dict[str, Any]:
     """Point ``alias`` at an existing version (roll back to an earlier model); returns that version's meta.
-
-    Later promotions must beat the version the alias now points at.
-
-    Raises:
-        RegistryError: ``key_dir`` is not a key (nothing is created), no such version, or its ``meta.json`` is
-            damaged (an alias never moves to a version that cannot be compared with).
-    """
+    Refused (:class:`RegistryError`, nothing created) for a missing key or version, or a damaged ``meta.json``."""
     key_dir = Path(key_dir)
     if not (key_dir / KEY_FILE).is_file():
         raise RegistryError(f"{key_dir}: not an evaluation key of a registry (no {KEY_FILE})")
-    with key_lock(key_dir):
+    with FileLock(key_dir / LOCK_FILE):
         if version not in versions(key_dir):
             raise RegistryError(f"{key_dir}: no version v{version} (versions: {versions(key_dir) or 'none'})")
-        version_meta(key_dir, version)  # refuse a damaged version before the alias moves
+        meta = version_meta(key_dir, version)  # refuse a damaged version before the alias moves
         before = alias_version(key_dir, alias)
         _point_alias(key_dir, alias, version)
         _log_event(key_dir, event="alias_moved", alias=alias, version=version, previous=before)
-    return version_meta(key_dir, version)
+    return meta
 
 
 def resolve(path: str | Path) -> dict[str, Any] | None:
-    """If ``path`` is a registry version or alias (``models/registry/<key>/best``), its version facts:
-    ``{"path", "key", "version", "value"}``; else None. Sweeps record this for the model they tune.
-    A damaged ``meta.json`` gives the facts with None values and an ``error`` naming the file and key."""
+    """If ``path`` is a registry version or alias, its facts (``path``, ``key``, ``version``, ``value``, ...);
+    else None. A damaged ``meta.json`` gives None values and an ``error``."""
     path = Path(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
@@ -492,14 +386,10 @@ def resolve(path: str | Path) -> dict[str, Any] | None:
 
 
 def list_keys(registry: str | Path = DEFAULT_REGISTRY) -> list[dict[str, Any]]:
-    """Every key of a registry with its versions and where ``best`` points.
-
-    A damaged file does not hide the rest: a key whose ``key.json`` is damaged has ``evaluation_key`` None and an
-    ``error``; a damaged version is ``{"version": N, "error": ...}`` (the message names the file and key).
-    """
-    registry = Path(registry)
+    """Every key of a registry with its versions and where ``best`` points. A damaged ``key.json`` gives
+    ``evaluation_key`` None and an ``error``; a damaged version is ``{"version": N, "error": ...}``."""
     rows = []
-    for key_dir in sorted(p for p in registry.glob("*") if (p / KEY_FILE).is_file()):
+    for key_dir in sorted(p for p in Path(registry).glob("*") if (p / KEY_FILE).is_file()):
         row: dict[str, Any] = {"key": key_dir.name, "evaluation_key": None, "best": alias_version(key_dir)}
         try:
             row["evaluation_key"] = _read_registry_json(key_dir / KEY_FILE)

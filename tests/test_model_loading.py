@@ -153,3 +153,15 @@ def test_a_truncated_adapter_file_is_one_line_naming_it(adapter_export) -> None:
     line = fatal_message(error.value)
     assert line is not None and "\n" not in line
     assert f"{weights} is damaged or truncated" in line
+
+
+def test_a_family_without_an_auto_class_must_load_its_own_model() -> None:
+    from dsum.models.base import SummarizerBase
+
+    class Bare:
+        auto_class = None
+
+    with pytest.raises(NotImplementedError, match="Bare sets no auto_class and does not override load_model"):
+        SummarizerBase.load_model(Bare(), "any", trust_remote_code=False)
+    assert Seq2SeqSummarizer.auto_class is AutoModelForSeq2SeqLM
+    assert CausalLMSummarizer.auto_class is AutoModelForCausalLM

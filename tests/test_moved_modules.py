@@ -72,3 +72,11 @@ def test_an_old_name_leaves_the_module_its_own_spec() -> None:
     assert importlib.util.find_spec("dsum.eval.fidelity").origin.endswith("dsum/eval/fidelity.py")
     assert importlib.reload(fidelity) is fidelity
 
+
+
+def test_names_the_local_engine_had_before_its_split_still_import_from_it() -> None:
+    from dsum.sweep import local, search_space, trials
+
+    assert local.BAYES_FLOATS is search_space.BAYES_FLOATS and local.BAYES_OTHERS is search_space.BAYES_OTHERS
+    assert (local.SEARCH_KEYS, local.STORAGE_FILE) == (trials.SEARCH_KEYS, trials.STORAGE_FILE)
+    assert local.STALE_AFTER_SECONDS == trials.STALE_AFTER_SECONDS

@@ -15,22 +15,15 @@ DIVERGED = "diverged"
 
 
 def _skip_optimizer_step(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
-    """Makes the coming optimizer step leave the weights unchanged.
-
-    Without a gradient scaler, or when the scaler has already unscaled (and so checked) the gradients, the
-    gradients are dropped: AdamW and Adafactor leave a parameter without a gradient alone. A fused optimizer
-    under ``16-mixed`` unscales inside its own step, so Lightning has not unscaled and ``scaler.update()``
-    needs the check that ``scaler.step`` runs on the gradients: they are set to NaN, which makes that check
-    skip the step (and lower the loss scale, as for any overflow).
-    """
+    """Makes the coming optimizer step leave the weights unchanged: the gradients are dropped (AdamW and Adafactor
+    skip a parameter without one), except for a fused optimizer under ``16-mixed``, which unscales inside its own
+    step: its gradients are set to NaN so that ``scaler.step`` skips the step (and lowers the loss scale)."""
     scaler = getattr(trainer.precision_plugin, "scaler", None)
-    if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    param.grad.fill_(float("nan"))
+    if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.zero_grad(set_to_none=True)
         return
-    optimizer.zero_grad(set_to_none=True)
+    for param in (p for group in optimizer.param_groups for p in group["params"] if p.grad is not None):
+        param.grad.fill_(float("nan"))
 
 
 class NonFiniteLossGuard(L.Callback):
@@ -39,8 +32,7 @@ class NonFiniteLossGuard(L.Callback):
     first (the weights are not updated on a skipped step). Every rank takes the same decision.
 
     Args:
-        max_nonfinite_steps: Optimizer steps with a non-finite loss to skip before failing (0: fail at the
-            first one).
+        max_nonfinite_steps: Optimizer steps with a non-finite loss to skip before failing (0: fail at the first).
     """
 
     def __init__(self, max_nonfinite_steps: int = 0) -> None:

@@ -16,10 +16,9 @@ NO_EXPORT = ("interrupted", "diverged")  # stop reasons after which nothing is e
 
 
 class BestModelExport(L.Callback):
-    """After ``fit``, loads the best checkpoint's weights and saves them with the model's ``export`` (for the
-    full-model families ``save_pretrained``: model, tokenizer, generation config) into ``<run dir>/best_model``,
-    atomically. Rank 0 only; skipped when the run was interrupted, failed or diverged, or when a weight is
-    NaN or infinite.
+    """After ``fit``, exports the best checkpoint's weights with the model's ``export`` (e.g. ``save_pretrained``)
+    into ``<run dir>/best_model``, atomically. Rank 0 only; skipped when the run was interrupted, failed or
+    diverged, or when a weight is NaN or infinite.
 
     Args:
         export_best: Export the best checkpoint after ``fit``.

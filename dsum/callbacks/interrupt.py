@@ -20,13 +20,9 @@ REQUEUE_ENV = "DSUM_REQUEUE_ON_SIGTERM"
 
 
 def requeue_on_sigterm(environ: dict[str, str] | None = None) -> bool:
-    """Whether an interrupted run is marked *preempting*, which makes a W&B sweep requeue it for another agent.
-
-    Outside a sweep it only labels the run. Inside one, the agent's own SIGTERM is how hyperband and the UI
-    stop a trial, and a requeued trial would run again, so it is off unless ``DSUM_REQUEUE_ON_SIGTERM=1``
-    (spot instances, SLURM preemption). The requeued run resumes from ``last.ckpt`` only if given
-    ``--ckpt_path last``.
-    """
+    """Whether an interrupted run is marked *preempting*, which makes a W&B sweep requeue it for another agent
+    (resuming from ``last.ckpt`` only with ``--ckpt_path last``). Inside a sweep SIGTERM is how hyperband and the
+    UI stop a trial, so it is off there unless ``DSUM_REQUEUE_ON_SIGTERM=1`` (spot instances, SLURM preemption)."""
     env = os.environ if environ is None else environ
     if REQUEUE_ENV in env:
         return env[REQUEUE_ENV] == "1"
@@ -51,10 +47,8 @@ def _on_requeue_signal(signum: int, frame: FrameType | None) -> None:
 
 def take_slurm_requeue_signal(requeue_signal: signal.Signals = signal.SIGUSR1) -> bool:
     """Under SLURM, handle its requeue warning (``sbatch --signal=SIGUSR1@120``) for the whole process, from model
-    loading on: Lightning then leaves the signal alone (it registers its own handler only where none is set), so
-    its handler, which saves an ``hpc_ckpt`` from inside the signal handler mid-step and makes the requeued job a
-    new run, never runs. During ``fit`` the run stops after the current batch (:class:`InterruptHandler`).
-    Returns whether the handler was installed."""
+    loading on, so Lightning's own handler (an ``hpc_ckpt`` saved mid-step, a new run on requeue) is never
+    registered. During ``fit`` the run stops after the current batch. Returns whether the handler was installed."""
     _RequeueState.asked = False  # a new run: an earlier run's signal in this process is not this one's
     if not SLURMEnvironment.detect():
         return False
@@ -62,22 +56,11 @@ def take_slurm_requeue_signal(requeue_signal: signal.Signals = signal.SIGUSR1) -
     return True
 
 
-def slurm_job_id(environ: dict[str, str] | None = None) -> str | None:
-    """The job ``scontrol requeue`` takes: ``<array job>_<task>`` for an array task, else ``SLURM_JOB_ID``."""
-    env = os.environ if environ is None else environ
-    if env.get("SLURM_ARRAY_JOB_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
-    return env.get("SLURM_JOB_ID")
-
-
 class InterruptHandler(L.Callback):
-    """On SIGTERM (a wandb agent stopping the run, hyperband, a preempted node), Ctrl+C, or SLURM's requeue signal
-    during ``fit``: rank 0 writes ``checkpoints/last.ckpt``, the W&B run is finished (marked preempting when
-    :func:`requeue_on_sigterm`), and the run record says ``interrupted``. ``main.py`` then exits 143.
-
-    Under SLURM the requeue signal (:func:`take_slurm_requeue_signal`) takes the same path: the run stops after the
-    current batch on every rank, writes ``last.ckpt``, then rank 0 calls ``scontrol requeue``. The requeued job
-    resumes from ``last.ckpt`` by itself (``DsumCLI``), exactly.
+    """On SIGTERM (a wandb agent, hyperband, a preempted node), Ctrl+C, or SLURM's requeue signal during ``fit``:
+    rank 0 writes ``checkpoints/last.ckpt``, the W&B run is finished (marked preempting when
+    :func:`requeue_on_sigterm`), and the run record says ``interrupted``. ``main.py`` then exits 143. After the
+    SLURM requeue signal rank 0 also calls ``scontrol requeue``; the requeued job resumes from ``last.ckpt``.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -95,18 +78,15 @@ class InterruptHandler(L.Callback):
         _RequeueState.trainer = None
         requeue = _RequeueState.asked and isinstance(exception, SIGTERMException)
         _RequeueState.asked = False
-        signal_name = "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
-        if requeue:
-            signal_name = "SLURM requeue signal"
-        fitting = trainer.state.fn is not None and trainer.state.fn.value == "fit"
-        last = self.save_last_checkpoint(trainer) if fitting else None
+        signal_name = ("SLURM requeue signal" if requeue
+                       else "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
+        last = self.save_last_checkpoint(trainer) if trainer.state.fn == "fit" else None
         self.finish_wandb(trainer, preempted=requeue_on_sigterm())
         record = find_run_record(trainer)
         if record is not None and record.record:
-            if last:
-                record.record["last_checkpoint"] = str(last)
-            record.set_status(trainer, "interrupted", signal=signal_name,
-                              **({"last_checkpoint": str(last)} if last else {}))
+            saved = {"last_checkpoint": str(last)} if last else {}
+            record.record.update(saved)
+            record.set_status(trainer, "interrupted", signal=signal_name, **saved)
         rank_zero_info(f"dsum: {signal_name} received; run marked interrupted"
                        + (f", resume with --ckpt_path last ({last})" if last else ""))
         if requeue and trainer.is_global_zero:
@@ -115,7 +95,9 @@ class InterruptHandler(L.Callback):
     @staticmethod
     def requeue_job() -> None:
         """``scontrol requeue <job>``: SLURM stops this job and queues it again (no shell)."""
-        job = slurm_job_id()
+        job = os.environ.get("SLURM_JOB_ID")
+        if os.environ.get("SLURM_ARRAY_JOB_ID"):  # an array task: <array job>_<task>
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
         if not job:
             rank_zero_warn("dsum: SLURM requeue signal without SLURM_JOB_ID; not requeued")
             return

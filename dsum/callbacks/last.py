@@ -14,9 +14,8 @@ from dsum.constants import LAST_NAME
 
 class LastCheckpoint(Checkpoint):
     """Rewrites ``<checkpoint dir>/last.ckpt`` at the end of every training epoch (after its validation) and,
-    with ``every_n_train_steps``, every that many optimizer steps. ``fit --ckpt_path last`` resumes from it
-    and loses at most the work since that write. The best checkpoint stays ``checkpoint``'s job
-    (``checkpoint.save_last`` is off: two writers of one file would make Lightning version its name).
+    with ``every_n_train_steps``, every that many optimizer steps, for ``fit --ckpt_path last``. The best
+    checkpoint stays ``checkpoint``'s job (with ``save_last`` off: two writers would make Lightning rename it).
 
     Args:
         every_n_train_steps: Also rewrite ``last.ckpt`` every this many optimizer steps (0: at epoch ends only).

@@ -64,8 +64,7 @@ def _process_age_seconds() -> float | None:
 
 
 def _is_oom(error: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return isinstance(error, oom) or "out of memory" in str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 class RunRecord(L.Callback):
@@ -140,8 +139,7 @@ class RunRecord(L.Callback):
     @staticmethod
     def _evaluation_identity(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """How this run's scores were made, so the registry compares like with like: ``metric`` (the ROUGE
-        settings: tokenizer, reference rule, scale) and ``val_data`` (the validation file, its SHA-256 and
-        ``data.val_subset``)."""
+        settings) and ``val_data`` (the validation file, its SHA-256 and ``data.val_subset``)."""
         identity: dict[str, Any] = {}
         rouge = getattr(getattr(pl_module, "val_metrics", None), "rouge", None)
         if rouge is not None and hasattr(rouge, "settings"):

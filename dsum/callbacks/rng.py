@@ -44,22 +44,18 @@ def restore_random_states(states: dict[str, Any]) -> None:
     })
     torch.set_rng_state(states["torch"])
     cuda = states.get("cuda") or []
-    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cuda and devices == len(cuda):
         torch.cuda.set_rng_state_all(cuda)
     elif cuda:
-        devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
         rank_zero_warn(f"dsum: the checkpoint holds {len(cuda)} CUDA random states; this process sees {devices} "
                        "devices, so CUDA's are not restored")
 
 
 class RandomStateCheckpoint(L.Callback):
-    """Saves the random states training consumes (dropout masks, sampling: Python, NumPy, torch, CUDA) in every
-    checkpoint, and sets them again when ``fit`` resumes from one, at the start of training, after everything
-    that set-up draws. Lightning itself seeds once (``seed_everything``) and does not checkpoint these states.
-
-    The states are those of the process that writes the checkpoint (rank 0): under DDP every rank resumes
-    from rank 0's states, so a resumed multi-device run is reproducible but not draw-for-draw the
-    uninterrupted one. On one device it is.
+    """Saves the random states training consumes (Python, NumPy, torch, CUDA) in every checkpoint, and sets them
+    again at the start of training when ``fit`` resumes from one (Lightning seeds once and does not save them).
+    Under DDP every rank resumes from rank 0's states: reproducible, but draw-for-draw only on one device.
     """
 
     def __init__(self) -> None:

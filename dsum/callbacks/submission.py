@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,8 @@ class SubmissionWriter(BasePredictionWriter):
         missing = [expected[i] for i in range(len(expected)) if i not in by_index]
         if missing:
             raise RuntimeError(f"predictions missing for {len(missing)} rows, e.g. {missing[:5]}")
-        frame = pd.DataFrame(
-            [by_index[i] for i in range(len(expected))], columns=["fname", "summary"]
-        )
+        frame = pd.DataFrame([by_index[i] for i in range(len(expected))], columns=["fname", "summary"])
         path = self.output_path(trainer)
-        buffer = io.StringIO()
         # The competition's sample_submission.csv layout: an unnamed 0..n-1 index column, then fname,summary.
-        frame.to_csv(buffer)
-        self.written = atomic_write_text(path, buffer.getvalue())
+        self.written = atomic_write_text(path, frame.to_csv())
         print(f"dsum: wrote {len(frame)} summaries to {path}")

@@ -1,7 +1,6 @@
 """Dialogue CSVs to batches: reading and validation, text normalisation, batching, the DataModule.
 
-Names are imported lazily so that light users (the scorer, the metric) don't pay for
-`datasets`/`transformers` imports they never use.
+Names are imported lazily, so light users (the scorer, the metric) don't import `datasets`/`transformers`.
 """
 
 from __future__ import annotations

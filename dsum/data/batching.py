@@ -1,13 +1,9 @@
 """Batch samplers: random, length-grouped and token-budget batching, sharded for DDP.
 
-Every rank builds the same global list of batches from (seed, epoch), then takes every
-``num_replicas``-th batch. The list is padded by repeating its first batches up to a multiple of
-``num_replicas``, so all ranks run the same number of steps and none waits forever in a collective.
-Evaluation code de-duplicates by example index (see :class:`dsum.eval.metrics.KoreanRouge`).
-
-A training run interrupted mid-epoch resumes exactly: :class:`ResumableDataLoader` counts the batches of the
-current epoch it has handed to the trainer; its :meth:`~ResumableDataLoader.state_dict` goes into checkpoints
-(the data module saves it) and, restored, makes the sampler skip the batches already trained on.
+Every rank builds the same global list of batches from (seed, epoch) and takes every ``num_replicas``-th one. The
+list is padded by repeating its first batches, so all ranks run the same number of steps; evaluation de-duplicates
+by example index (:class:`dsum.eval.metrics.KoreanRouge`). :class:`ResumableDataLoader` lets an interrupted epoch
+resume exactly.
 """
 
 from __future__ import annotations
@@ -23,16 +19,12 @@ BatchingMode = Literal["random", "length_grouped", "token_budget", "sorted"]
 
 # Length-grouped batching sorts within windows of this many batches (HF's LengthGroupedSampler uses 50).
 GROUP_WINDOW_BATCHES = 50
-# Encoder-decoder batches are cut from the encoder-length order in runs of this many batches; each run is
-# then sorted by summary length. Summary and dialogue lengths correlate only loosely (r = 0.72-0.75 on the
-# real dev set), so one order by their sum leaves about 31% of decoder positions as padding; two runs keep
-# encoder padding under 10% and bring decoder padding to about 24%.
+# Encoder-decoder batches are cut from the encoder-length order in runs of this many batches, each then sorted by
+# summary length: the two lengths correlate loosely (r = 0.72-0.75 on dev), so one order by their sum pads 31% of
+# decoder positions; two runs keep encoder padding under 10% and bring decoder padding to about 24%.
 DECODER_SORT_RUN_BATCHES = 2
-# Default of ``length_noise``: training may sort by lengths scaled by a random factor in [1 - noise, 1 + noise],
-# drawn afresh every epoch (AllenNLP's ``padding_noise``), so that sorting the whole set (token_budget, or
-# length_grouped on a set that fits one window) does not give the same batches every epoch. Measured on the sample
-# (tests/benchmarks/README.md, "Does batching cost quality?"), 0.1 did not lower the dev loss of length_grouped,
-# raised token_budget's, and cost 8% of training speed (encoder padding 6-9% -> 12-13%), so it is off by default.
+# Default of ``length_noise`` (AllenNLP's ``padding_noise``). Off: on the sample 0.1 did not lower the dev loss and
+# cost 8% of training speed (tests/benchmarks/README.md, "Does batching cost quality?").
 LENGTH_NOISE = 0.0
 
 
@@ -42,10 +34,9 @@ class DialogueBatchSampler(Sampler[list[int]]):
     Args:
         source_lengths: Encoder (or prompt) tokens per example.
         target_lengths: Decoder (or summary) tokens per example; zeros for unlabelled data.
-        mode: ``random`` (shuffle, fixed batch size), ``length_grouped`` (shuffle, then sort within
-            windows of 50 batches, then shuffle the batches), ``token_budget`` (sort by length, pack each
-            batch up to ``max_tokens`` padded tokens, shuffle the batches), ``sorted`` (longest first, no
-            shuffling: evaluation and prediction).
+        mode: ``random`` (shuffle, fixed batch size), ``length_grouped`` (shuffle, sort within windows of 50
+            batches, shuffle the batches), ``token_budget`` (sort by length, pack up to ``max_tokens`` padded
+            tokens, shuffle the batches), ``sorted`` (longest first, no shuffling: evaluation and prediction).
         batch_size: Examples per batch (all modes but ``token_budget``).
         max_tokens: Padded tokens per batch, ``n * (max source + max target)``, for ``token_budget``.
         shuffle: Shuffle (training) or keep a fixed order (evaluation).
@@ -53,12 +44,9 @@ class DialogueBatchSampler(Sampler[list[int]]):
         num_replicas: World size.
         rank: This process's rank.
         length_noise: When shuffling, sort by lengths scaled by a random factor in ``[1 - length_noise,
-            1 + length_noise]`` drawn every epoch, so batches mix differently each epoch; 0 sorts by exact
-            lengths. ``sorted`` (evaluation) always uses exact lengths.
-        concatenated: Source and target form one sequence (decoder-only models), so batches are grouped
-            by their sum. Otherwise (encoder-decoder) the two paddings are separate: ``length_grouped``
-            and ``token_budget`` sort by source length, then by target length within runs of
-            :data:`DECODER_SORT_RUN_BATCHES` batches.
+            1 + length_noise]`` drawn every epoch; 0 (and ``sorted``) sorts by exact lengths.
+        concatenated: Source and target form one sequence (decoder-only models): group by their sum. Otherwise
+            sort by source length, then by target length within runs of :data:`DECODER_SORT_RUN_BATCHES` batches.
     """
 
     def __init__(
@@ -85,11 +73,8 @@ class DialogueBatchSampler(Sampler[list[int]]):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside world size {num_replicas}")
         self.source_lengths = np.asarray(source_lengths, dtype=np.int64)
-        self.target_lengths = (
-            np.zeros_like(self.source_lengths)
-            if target_lengths is None
-            else np.asarray(target_lengths, dtype=np.int64)
-        )
+        targets = np.zeros_like(self.source_lengths) if target_lengths is None else target_lengths
+        self.target_lengths = np.asarray(targets, dtype=np.int64)
         self.mode = mode
         self.batch_size = batch_size
         self.max_tokens = max_tokens
@@ -99,8 +84,6 @@ class DialogueBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.concatenated = concatenated
         self.length_noise = length_noise
-        # The lengths that order examples this epoch: exact, or scaled by the epoch's noise (see global_batches).
-        self._source_keys, self._target_keys = self.source_lengths, self.target_lengths
         self.epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
         self._resume: tuple[int, int] | None = None
@@ -130,9 +113,6 @@ class DialogueBatchSampler(Sampler[list[int]]):
             return min(self._resume[1], len(self))
         return 0
 
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch])
-
     def _length_order(self, indices: np.ndarray) -> np.ndarray:
         """`indices` sorted longest first by total length; ties keep the incoming (shuffled) order."""
         keys = self._source_keys[indices] + self._target_keys[indices]
@@ -156,7 +136,8 @@ class DialogueBatchSampler(Sampler[list[int]]):
             return self._chunks(self._length_order(indices))
         order = self._source_order(indices)
         run = self.batch_size * DECODER_SORT_RUN_BATCHES
-        return [batch for start in range(0, len(order), run) for batch in self._chunks(self._by_target(order[start : start + run]))]
+        return [batch for start in range(0, len(order), run)
+                for batch in self._chunks(self._by_target(order[start : start + run]))]
 
     def _budget_batches(self, indices: np.ndarray) -> list[list[int]]:
         """Batches of at most ``max_tokens`` padded tokens (``token_budget``)."""
@@ -184,23 +165,20 @@ class DialogueBatchSampler(Sampler[list[int]]):
             batches.append(current)
         return batches
 
-    def _sort_keys(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Source and target lengths to sort by this epoch: exact, or scaled by the epoch's random factors."""
-        if not self.shuffle or self.length_noise == 0 or self.mode in ("random", "sorted"):
-            return self.source_lengths, self.target_lengths
-        low, high = 1 - self.length_noise, 1 + self.length_noise
-        count = len(self.source_lengths)
-        return self.source_lengths * rng.uniform(low, high, count), self.target_lengths * rng.uniform(low, high, count)
-
     def global_batches(self) -> list[list[int]]:
         """All batches of this epoch, for every rank, before sharding and padding."""
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1]
-        rng = self._rng()
+        rng = np.random.default_rng([self.seed, self.epoch])
         indices = np.arange(len(self.source_lengths))
         if self.shuffle:
             indices = rng.permutation(indices)
-        self._source_keys, self._target_keys = self._sort_keys(rng)
+        # The lengths that order examples this epoch: exact, or scaled by the epoch's random factors.
+        self._source_keys, self._target_keys = self.source_lengths, self.target_lengths
+        if self.shuffle and self.length_noise > 0 and self.mode in ("length_grouped", "token_budget"):
+            low, high, count = 1 - self.length_noise, 1 + self.length_noise, len(indices)
+            self._source_keys = self.source_lengths * rng.uniform(low, high, count)
+            self._target_keys = self.target_lengths * rng.uniform(low, high, count)
         if self.mode == "random":
             batches = self._chunks(indices)
         elif self.mode == "sorted":
@@ -236,11 +214,9 @@ class DialogueBatchSampler(Sampler[list[int]]):
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` over a :class:`DialogueBatchSampler` that knows its position within the epoch.
 
-    It counts the batches of the current epoch it has handed out (not those its workers prepared ahead), so a
-    checkpoint written after a training step holds how many batches that epoch has trained on. Restoring that
-    state makes the next iteration over the same epoch skip them: a run interrupted mid-epoch and resumed sees
-    the batches an uninterrupted run sees, in order. ``len()`` stays the full epoch, as Lightning's progress
-    counters expect. Lightning also recognises the loader as resumable (``state_dict``/``load_state_dict``).
+    It counts the batches of the current epoch it has handed out (not those its workers prepared ahead); restoring
+    that count makes the next iteration over the same epoch skip them, so a resumed run sees the batches an
+    uninterrupted one sees. ``len()`` stays the full epoch, as Lightning's progress counters expect.
     """
 
     batch_sampler: DialogueBatchSampler
@@ -264,11 +240,8 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": epoch, "batches": batches, "num_batches": self.batch_sampler.batches_in_epoch(epoch)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume within ``state["epoch"]`` after ``state["batches"]`` batches.
-
-        Raises:
-            ValueError: the saved epoch had a different number of batches (other data, batch size or world size).
-        """
+        """Resume within ``state["epoch"]`` after ``state["batches"]`` batches; ValueError when that epoch had another
+        number of batches (other data, batch size or world size)."""
         if not state or not isinstance(self.batch_sampler, DialogueBatchSampler):
             return
         expected = self.batch_sampler.batches_in_epoch(int(state["epoch"]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ import torch
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -31,14 +32,12 @@ VAL_SUBSET_SEED = 0
 
 @dataclass(frozen=True)
 class SplitData:
-    """A split's validated text, its cached features, and what tokenization truncated."""
+    """A split's validated text and, after `setup`, its cached features."""
 
     table: DialogueTable
     dialogues: list[str]
     references: list[list[str]]
     features: Dataset | None = None
-    truncated_sources: int = 0
-    truncated_targets: int = 0
 
 
 @dataclass
@@ -60,23 +59,18 @@ def special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list
 
 
 def column(features: Dataset, name: str) -> np.ndarray:
-    """One numeric column of ``features`` (after any ``select``) as an array, read in one piece.
-
-    ``np.asarray(features[name])`` would iterate the lazy column row by row: about 0.1 s per 10k rows.
-    """
+    """One numeric column of ``features`` as an array, read in one piece (not row by row, as ``np.asarray`` would)."""
     return np.asarray(features.with_format("numpy", columns=[name])[name][:])
 
 
 class DialogueDataModule(L.LightningDataModule):
     """Dialogue CSVs in the competition format (``fname,dialogue[,summary,topic]``) as model batches.
 
-    The files are read and validated when the module is built, before any training starts. The tokenizer
-    is loaded here and every ``#...#`` mask found in the data (plus ``extra_special_tokens``) is added to
-    it as a special token; the model receives this tokenizer and resizes its embeddings to match.
+    The files are read and validated when the module is built, before training starts. Every ``#...#`` mask in the
+    data (plus ``extra_special_tokens``) becomes a special token of the tokenizer the model then receives.
 
     Args:
-        tokenizer_name: Hugging Face id or local directory of the tokenizer (``main.py`` fills it from
-            ``model.pretrained``).
+        tokenizer_name: Hugging Face id or local directory of the tokenizer (``main.py``: ``model.pretrained``).
         train_file: Labelled CSV for ``fit``.
         val_file: Labelled CSV for validation during ``fit`` and for ``validate``.
         test_file: Labelled CSV for ``test``.
@@ -87,37 +81,31 @@ class DialogueDataModule(L.LightningDataModule):
             ``token_budget`` (batches of up to ``max_tokens`` padded tokens) or ``random`` (plain shuffling).
         max_tokens: Padded encoder + decoder tokens per training batch for ``batching=token_budget``.
         length_noise: ``length_grouped`` and ``token_budget`` sort training examples by their lengths times a
-            random factor in ``[1 - length_noise, 1 + length_noise]``, drawn every epoch, so the examples that
-            share a batch change between epochs (0: exact lengths, the same batches every epoch when the whole
-            set is sorted). Off by default: 0.1 cost 8% of training speed and did not improve dev loss on the
-            sample (``tests/benchmarks/README.md``).
+            random factor in ``[1 - length_noise, 1 + length_noise]``, drawn every epoch, so batches mix
+            differently each epoch. 0 (default): exact lengths (0.1 cost 8% of speed for no dev-loss gain).
         encoder_max_len: Source tokens kept per dialogue (the rest is truncated and counted).
         decoder_max_len: Summary tokens kept per target (the rest is truncated and counted).
         source_prefix: Text put before every dialogue, e.g. ``"summarize: "`` for T5.
-        source_suffix: Text put after every dialogue; decoder-only models use it as the separator
-            between the dialogue and the summary, e.g. ``"\\n요약: "``.
-        decoder_only: Lay out examples for a decoder-only model. ``main.py`` sets it from the model class
-            (its ``decoder_only`` attribute); set it yourself when building the module in code.
-        prompt_template: Lay examples out as instruction prompts (decoder-only LLMs, ``InstructSummarizer``):
-            a name from :data:`dsum.data.prompts.PROMPT_TEMPLATES` (``chat``: the tokenizer's chat template;
-            ``chat_system``; ``alpaca``: ``### Instruction / ### Input / ### Output``; ``plain_ko``) or a plain
+        source_suffix: Text put after every dialogue; the separator of decoder-only models, e.g. ``"\\n요약: "``.
+        decoder_only: Lay out examples for a decoder-only model (``main.py`` sets it from the model class).
+        prompt_template: Instruction-prompt layout for decoder-only LLMs: ``chat`` (the tokenizer's chat
+            template), ``chat_system``, ``alpaca`` (``### Instruction / ### Input / ### Output``), ``plain_ko`` or a
             template text with a ``{dialogue}`` slot. The target is the summary plus the end-of-turn token;
-            truncation shortens the dialogue only. ``None``: the template saved with the tokenizer (an exported
-            instruction model), else the plain ``source_prefix + dialogue + source_suffix`` layout.
+            truncation shortens the dialogue only. ``None``: the template saved with the tokenizer, else
+            ``source_prefix + dialogue + source_suffix``.
         normalization: Text clean-up applied to dialogues and summaries.
         extra_special_tokens: Masks added as special tokens even when the data does not contain them.
-        val_subset: Validate on a fixed subset of this many dev examples (same subset for every run).
-            Trades accuracy of the metric for speed during sweeps; ``None`` uses the whole file.
-        on_bad_rows: ``error`` (default) stops on empty text or duplicate ids; ``skip`` drops such rows
-            and logs how many.
+        val_subset: Validate on a fixed subset of this many dev examples, the same for every run (``None``: all):
+            trades accuracy of the metric for speed in sweeps.
+        on_bad_rows: ``error`` stops on empty text or duplicate ids; ``skip`` drops such rows and logs how many.
         num_workers: DataLoader worker processes.
-        cache_dir: Where tokenized splits are cached (keyed by file content, tokenizer, lengths,
-            normalisation and layout); a second run with the same key skips tokenization.
+        cache_dir: Cache of tokenized splits, keyed by file content, tokenizer, lengths, normalisation and layout;
+            a second run with the same key skips tokenization.
         seed: Seed for batch shuffling (combined with the epoch).
         trust_remote_code: Allow a hub tokenizer to run its own code. Off unless a config opts in.
-        tokenizer_loader: ``auto`` (``AutoTokenizer``) or ``tokenizer_json`` (the checkpoint's
-            ``tokenizer.json`` as saved). Use ``tokenizer_json`` when transformers rebuilds a tokenizer
-            wrongly; a tokenizer that loses the data's characters stops the run with a message saying so.
+        tokenizer_loader: ``auto`` (``AutoTokenizer``) or ``tokenizer_json`` (the checkpoint's ``tokenizer.json``
+            as saved, for when transformers rebuilds a tokenizer wrongly). A tokenizer that loses the data's
+            characters stops the run with a message saying so.
         tokenizer_kwargs: Extra ``from_pretrained`` arguments for the tokenizer, e.g. the special tokens a
             checkpoint does not declare (``configs/kogpt2.yaml``).
     """
@@ -152,8 +140,6 @@ class DialogueDataModule(L.LightningDataModule):
         tokenizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self._check_settings(batch_size, eval_batch_size, batching, max_tokens, encoder_max_len,
-                             decoder_max_len, val_subset, num_workers)
         self.files: dict[Split, str | None] = {
             "train": train_file, "val": val_file, "test": test_file, "predict": predict_file,
         }
@@ -161,8 +147,6 @@ class DialogueDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.batching = batching
         self.max_tokens = max_tokens
-        if not 0 <= length_noise < 1:
-            raise ValueError(f"data.length_noise={length_noise} must be in [0, 1).")
         self.length_noise = length_noise
         self.encoder_max_len = encoder_max_len
         self.decoder_max_len = decoder_max_len
@@ -174,6 +158,7 @@ class DialogueDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir)
         self.seed = seed
+        self._check_settings()
         # The training loader's position within its epoch: saved in checkpoints, restored on resume.
         self._train_loader: ResumableDataLoader | None = None
         self._train_loader_state: dict[str, int] | None = None
@@ -189,34 +174,25 @@ class DialogueDataModule(L.LightningDataModule):
         self.truncation = TruncationReport()
 
     # ----------------------------------------------------------------------------------- settings
-    @staticmethod
-    def _check_settings(batch_size: int, eval_batch_size: int, batching: str, max_tokens: int | None,
-                        encoder_max_len: int, decoder_max_len: int, val_subset: int | None,
-                        num_workers: int) -> None:
-        positive = {
-            "data.batch_size": batch_size,
-            "data.eval_batch_size": eval_batch_size,
-            "data.encoder_max_len": encoder_max_len,
-            "data.decoder_max_len": decoder_max_len,
-        }
-        if max_tokens is not None:
-            positive["data.max_tokens"] = max_tokens
-        if val_subset is not None:
-            positive["data.val_subset"] = val_subset
-        for key, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        if batching == "token_budget":
-            if max_tokens is None:
+    def _check_settings(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "encoder_max_len", "decoder_max_len", "max_tokens", "val_subset"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"data.{key} must be a positive integer, got {value}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.batching == "token_budget":
+            if self.max_tokens is None:
                 raise ValueError("data.batching=token_budget needs data.max_tokens (padded tokens per batch)")
-            if max_tokens < encoder_max_len + decoder_max_len:
+            full = self.encoder_max_len + self.decoder_max_len
+            if self.max_tokens < full:
                 raise ValueError(
-                    f"data.max_tokens={max_tokens} is smaller than one full-length example "
-                    f"(data.encoder_max_len + data.decoder_max_len = {encoder_max_len + decoder_max_len}); "
+                    f"data.max_tokens={self.max_tokens} is smaller than one full-length example "
+                    f"(data.encoder_max_len + data.decoder_max_len = {full}); "
                     "raise max_tokens or lower the max lengths"
                 )
+        if not 0 <= self.length_noise < 1:
+            raise ValueError(f"data.length_noise={self.length_noise} must be in [0, 1).")
 
     # ------------------------------------------------------------------------------ text and vocab
     def _read_split(self, split: Split, path: str, on_bad_rows: BadRowPolicy) -> SplitData:
@@ -233,7 +209,8 @@ class DialogueDataModule(L.LightningDataModule):
         """Every dialogue and reference of every split, split by split."""
         return (t for s in self.splits.values() for t in [*s.dialogues, *(r for rs in s.references for r in rs)])
 
-    def _prepare_tokenizer(self, name: str, extra: list[str], tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    def _prepare_tokenizer(self, name: str, extra: list[str],
+                           tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
         """``tokenizer`` with the data's masks added as special tokens, and a pad token; checked on the data."""
         masks = sorted(set(find_masks(self._texts())) | set(extra))
         existing = set(tokenizer.all_special_tokens)
@@ -277,25 +254,27 @@ class DialogueDataModule(L.LightningDataModule):
         return [head + b[:budget] + suffix + tail for b in bodies], [len(b) > budget for b in bodies]
 
     def _tokenize(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        labelled = "summary" in batch
         if self.prompt is not None:
-            return self._tokenize_prompts(batch, self.prompt)
-        tok = self.tokenizer
-        head, tail = special_affixes(tok)
-        suffix = tok(self.source_suffix, add_special_tokens=False)["input_ids"] if self.source_suffix else []
-        decoder_only = self.decoder_only
-        sources, src_cut = self._encode(
-            [self.source_prefix + d for d in batch["dialogue"]], self.encoder_max_len,
-            head, [] if decoder_only else tail, suffix,
-        )
+            sources, src_cut = self.prompt.encode_prompts(batch["dialogue"], self.encoder_max_len)
+            if labelled:
+                targets, tgt_cut = self.prompt.encode_targets(batch["summary"], self.decoder_max_len)
+        else:
+            tok = self.tokenizer
+            head, tail = special_affixes(tok)
+            suffix = tok(self.source_suffix, add_special_tokens=False)["input_ids"] if self.source_suffix else []
+            sources, src_cut = self._encode(
+                [self.source_prefix + d for d in batch["dialogue"]], self.encoder_max_len,
+                head, [] if self.decoder_only else tail, suffix,
+            )
+            if labelled:
+                target_head = [] if self.decoder_only else head
+                target_tail = tail if tok.eos_token_id in tail else tail + [tok.eos_token_id]
+                targets, tgt_cut = self._encode(batch["summary"], self.decoder_max_len, target_head, target_tail, [])
         out: dict[str, list[Any]] = {
-            "input_ids": sources,
-            "source_length": [len(s) for s in sources],
-            "source_truncated": src_cut,
+            "input_ids": sources, "source_length": [len(s) for s in sources], "source_truncated": src_cut,
         }
-        if "summary" in batch:
-            target_head = [] if decoder_only else head
-            target_tail = tail if tok.eos_token_id in tail else tail + [tok.eos_token_id]
-            targets, tgt_cut = self._encode(batch["summary"], self.decoder_max_len, target_head, target_tail, [])
+        if labelled:
             out.update(labels=targets, target_length=[len(t) for t in targets], target_truncated=tgt_cut)
         return out
 
@@ -322,16 +301,6 @@ class DialogueDataModule(L.LightningDataModule):
         rank_zero_info(f"dsum: prompt template {template.name!r}")
         return PromptBuilder(self.tokenizer, template)
 
-    def _tokenize_prompts(self, batch: dict[str, list[Any]], prompt: PromptBuilder) -> dict[str, list[Any]]:
-        sources, src_cut = prompt.encode_prompts(batch["dialogue"], self.encoder_max_len)
-        out: dict[str, list[Any]] = {
-            "input_ids": sources, "source_length": [len(s) for s in sources], "source_truncated": src_cut,
-        }
-        if "summary" in batch:
-            targets, tgt_cut = prompt.encode_targets(batch["summary"], self.decoder_max_len)
-            out.update(labels=targets, target_length=[len(t) for t in targets], target_truncated=tgt_cut)
-        return out
-
     def _features(self, split: Split) -> Dataset:
         data = self.splits[split]
         columns: dict[str, list[Any]] = {"index": list(range(len(data.dialogues))), "dialogue": data.dialogues}
@@ -343,7 +312,7 @@ class DialogueDataModule(L.LightningDataModule):
         return Dataset.from_dict(columns).map(
             self._tokenize,
             batched=True,
-            remove_columns=["dialogue", "summary"] if "summary" in columns else ["dialogue"],
+            remove_columns=[c for c in columns if c != "index"],
             cache_file_name=str(self.cache_dir / f"{split}-{key}.arrow"),
             new_fingerprint=key,
             desc=f"Tokenizing {split}",
@@ -374,7 +343,7 @@ class DialogueDataModule(L.LightningDataModule):
             features = self._features(split)
             cut_src = int(column(features, "source_truncated").sum())
             cut_tgt = int(column(features, "target_truncated").sum()) if "labels" in features.column_names else 0
-            self.splits[split] = SplitData(data.table, data.dialogues, data.references, features, cut_src, cut_tgt)
+            self.splits[split] = replace(data, features=features)
             self.truncation.counts[split] = {"source": cut_src, "target": cut_tgt, "examples": len(features)}
             if cut_src or cut_tgt:
                 rank_zero_info(
@@ -384,23 +353,12 @@ class DialogueDataModule(L.LightningDataModule):
                 )
 
     # -------------------------------------------------------------------------------- dataloaders
-    def _world(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 1, 0
-        return self.trainer.world_size, self.trainer.global_rank
-
     def _indices(self, split: Split) -> list[int]:
         count = len(self.splits[split].dialogues)
         if split == "val" and self.val_subset is not None and self.val_subset < count:
             rng = np.random.default_rng(VAL_SUBSET_SEED)
             return sorted(rng.choice(count, size=self.val_subset, replace=False).tolist())
         return list(range(count))
-
-    def _on_cuda(self) -> bool:
-        """Whether the trainer runs on a CUDA device: batches are then page-locked, so host-to-device copies
-        are asynchronous."""
-        trainer = self.trainer
-        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _loader(self, split: Split, train: bool) -> DataLoader:
         if split not in self.splits or self.splits[split].features is None:
@@ -410,7 +368,7 @@ class DialogueDataModule(L.LightningDataModule):
         features = data.features.select(self._indices(split))
         src = column(features, "source_length")
         tgt = column(features, "target_length") if "target_length" in features.column_names else None
-        world_size, rank = self._world()
+        trainer = self.trainer
         sampler = DialogueBatchSampler(
             src, tgt,
             mode=self.batching if train else "sorted",
@@ -418,8 +376,8 @@ class DialogueDataModule(L.LightningDataModule):
             max_tokens=self.max_tokens,
             shuffle=train,
             seed=self.seed,
-            num_replicas=world_size,
-            rank=rank,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
             concatenated=self.decoder_only,
             length_noise=self.length_noise,
         )
@@ -435,7 +393,8 @@ class DialogueDataModule(L.LightningDataModule):
             ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=self._on_cuda(),
+            # Page-locked batches on CUDA, so host-to-device copies are asynchronous.
+            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
             # Its own generator: making an iterator then draws nothing from the global torch RNG, so training's
             # random numbers do not depend on when an epoch's iterator is made (a resumed run makes it earlier).
             generator=torch.Generator().manual_seed(self.seed),
@@ -455,9 +414,9 @@ class DialogueDataModule(L.LightningDataModule):
         return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the training loader's position: now if the loader exists, else when it is made. (Lightning
-        restores the data module before it asks for the loader; it does not restore loader states itself when
-        the model reads ``trainer.estimated_stepping_batches`` in ``configure_optimizers``, as dsum's does.)"""
+        """Restore the training loader's position: now if the loader exists, else when it is made (Lightning
+        restores the data module before it asks for the loader, and skips loader states when
+        ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``, as dsum's does)."""
         state = state_dict.get("train_loader")
         if state is None:
             return
@@ -477,11 +436,8 @@ class DialogueDataModule(L.LightningDataModule):
 
 
 class DialogueCollator:
-    """Pads a list of examples into tensors: inputs with the pad id, labels with -100.
-
-    Batches also carry each example's dataset ``index``, its ``fname`` and, for labelled splits, its
-    reference summaries, so metrics and submissions can be matched back to rows under DDP.
-    """
+    """Pads a list of examples into tensors: inputs with the pad id, labels with -100. Batches also carry each
+    example's ``index``, ``fname`` and references, so metrics and submissions match rows back under DDP."""
 
     def __init__(self, pad_id: int, fnames: list[str], references: list[list[str]] | None) -> None:
         self.pad_id = pad_id
@@ -490,10 +446,7 @@ class DialogueCollator:
 
     @staticmethod
     def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return out
+        return pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True, padding_value=value)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         input_ids = self._pad([e["input_ids"] for e in examples], self.pad_id)

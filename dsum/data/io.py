@@ -1,7 +1,6 @@
 """Reading competition CSVs, with errors that name the file, the rows and what to do.
 
-Rows are never dropped silently: bad rows raise :class:`DataError`, or, when the caller asks for
-``on_bad_rows="skip"``, are dropped with a logged count.
+Bad rows raise :class:`DataError` or, with ``on_bad_rows="skip"``, are dropped with a logged count; never silently.
 """
 
 from __future__ import annotations
@@ -30,17 +29,9 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DialogueTable:
-    """One validated CSV split.
-
-    Attributes:
-        path: The file it was read from.
-        fnames: Example ids, in file order.
-        dialogues: Raw dialogue text (not yet normalised).
-        references: Per example, the reference summaries (``summary``, ``summary1``, ...); empty lists
-            for an unlabelled split.
-        skipped: How many rows were skipped under ``on_bad_rows="skip"``.
-        sha256: Hex SHA-256 of the bytes that were parsed (the tokenization cache's key).
-    """
+    """One validated CSV split, in file order: raw (not yet normalised) dialogues; per example the reference
+    summaries (``summary``, ``summary1``, ...; empty for an unlabelled split); the rows skipped under
+    ``on_bad_rows="skip"``; the SHA-256 of the bytes parsed (the tokenization cache's key)."""
 
     path: Path
     fnames: list[str]
@@ -58,8 +49,8 @@ class DialogueTable:
 
 
 def _row_list(rows: list[int]) -> str:
-    """`rows 3, 8, 9 (+12 more)`: 1-based data-row numbers, header excluded."""
-    shown = ", ".join(str(r) for r in rows[:MAX_LISTED_ROWS])
+    """`rows 3, 8, 9 (+12 more)` for 0-based indices: 1-based data-row numbers, header excluded."""
+    shown = ", ".join(str(r + 1) for r in rows[:MAX_LISTED_ROWS])
     more = f" (+{len(rows) - MAX_LISTED_ROWS} more)" if len(rows) > MAX_LISTED_ROWS else ""
     return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
 
@@ -101,17 +92,10 @@ def reference_columns(columns: list[str]) -> list[str]:
     return (["summary"] if "summary" in columns else []) + extra
 
 
-def read_dialogue_csv(
-    path: str | Path, labelled: bool, on_bad_rows: BadRowPolicy = "error"
-) -> DialogueTable:
-    """Read and validate one competition CSV.
-
-    Args:
-        path: CSV with columns ``fname,dialogue`` and, when ``labelled``, ``summary`` (extra references in
-            ``summary1``, ``summary2``, ...). UTF-8 with or without BOM, LF or CRLF, quoted multi-line fields.
-        labelled: Whether every row must have a summary.
-        on_bad_rows: ``error`` raises on empty text or duplicate ids; ``skip`` drops those rows and logs how
-            many were dropped. Missing columns and undecodable files always raise.
+def read_dialogue_csv(path: str | Path, labelled: bool, on_bad_rows: BadRowPolicy = "error") -> DialogueTable:
+    """Read and validate one competition CSV: ``fname,dialogue`` and, when ``labelled``, ``summary`` (more references
+    in ``summary1``, ...); UTF-8 with or without BOM, quoted multi-line fields. ``on_bad_rows="skip"`` drops rows with
+    empty text or duplicate ids (logging how many) instead of raising; missing columns and bad encodings always raise.
     """
     path = Path(path)
     frame, sha256 = _read_frame(path)
@@ -133,18 +117,18 @@ def read_dialogue_csv(
         empty = [i for i, v in enumerate(values) if v.strip() in _EMPTY_VALUES]
         if empty:
             bad.update(empty)
-            problems.append(f"empty or NaN {column!r} in {_row_list([i + 1 for i in empty])}")
-        invisible = [i for i, v in enumerate(values) if i not in set(empty) and is_blank(v)]
+            problems.append(f"empty or NaN {column!r} in {_row_list(empty)}")
+        invisible = [i for i, v in enumerate(values) if i not in empty and is_blank(v)]
         if invisible:
             bad.update(invisible)
             problems.append(f"{column!r} of only invisible characters (zero-width spaces, ...) in "
-                            f"{_row_list([i + 1 for i in invisible])}")
+                            f"{_row_list(invisible)}")
     fnames = frame["fname"].str.strip()
     duplicated = fnames[fnames.duplicated(keep="first") & (fnames != "")]
     if not duplicated.empty:
         bad.update(duplicated.index.tolist())
         ids = ", ".join(sorted(set(duplicated.tolist()))[:MAX_LISTED_ROWS])
-        problems.append(f"duplicate fname ({ids}) in {_row_list([i + 1 for i in duplicated.index])}")
+        problems.append(f"duplicate fname ({ids}) in {_row_list(list(duplicated.index))}")
     if problems and on_bad_rows == "error":
         raise DataError(
             f"{path}: {'; '.join(problems)}. Fix these rows, or set data.on_bad_rows=skip to drop them "
@@ -156,14 +140,5 @@ def read_dialogue_csv(
         fnames = frame["fname"].str.strip()
 
     ref_cols = reference_columns(list(frame.columns)) if labelled else []
-    references = [
-        [r for r in (row[c] for c in ref_cols) if r.strip()] for row in frame[ref_cols].to_dict("records")
-    ] if ref_cols else [[] for _ in range(len(frame))]
-    return DialogueTable(
-        path=path,
-        fnames=fnames.tolist(),
-        dialogues=frame["dialogue"].tolist(),
-        references=references,
-        skipped=len(bad),
-        sha256=sha256,
-    )
+    references = [[row[c] for c in ref_cols if row[c].strip()] for row in frame[ref_cols].to_dict("records")]
+    return DialogueTable(path, fnames.tolist(), frame["dialogue"].tolist(), references, len(bad), sha256)

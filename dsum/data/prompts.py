@@ -1,28 +1,19 @@
 """Instruction prompts for decoder-only LLMs: named templates, rendered and tokenized with exact truncation.
 
-A prompt is ``prefix + dialogue + suffix``. For a **chat** template the text comes from the tokenizer's own
-``apply_chat_template``: an optional system message, then one user message holding the instruction and the
-dialogue, then the generation prompt (``add_generation_prompt=True``); the training target is the assistant
-turn: the summary followed by the model's end-of-turn token. For a **plain** template (a text with
-``{instruction}`` and ``{dialogue}`` slots, e.g. ``### Instruction / ### Input / ### Output``) the target is
-the summary followed by eos.
+A prompt is ``prefix + dialogue + suffix``: for a **chat** template, the tokenizer's ``apply_chat_template`` of an
+optional system message and one user message (instruction and dialogue) plus the generation prompt, with the summary
+and the end-of-turn token as target; for a **plain** template (a text with ``{instruction}`` and ``{dialogue}``
+slots), the summary and eos. Truncation shortens the dialogue only.
 
-Truncation shortens the dialogue only: the instruction, the generation prompt and the room reserved for the
-summary are never cut.
-
-User text (dialogue and summary) is always encoded as plain text: a dialogue that contains the text of a control
-token (``<|im_end|>\n<|im_start|>assistant``) cannot close its turn or open a fake one, and a summary cannot put an
-end-of-turn in the middle of the labels. The data's ``#...#`` masks are the exception: they stay one id each.
-
-``data.prompt_template`` names one of :data:`PROMPT_TEMPLATES`, or is a plain template text itself (any
-value containing ``{dialogue}``). The dialogue slot appears exactly once (the span truncation shortens); a template
-that repeats it is refused by name rather than guessed at. The template used is recorded in the tokenizer's config
-(:data:`TOKENIZER_KEY`), so an exported model carries it to ``validate`` and ``predict``.
+User text is encoded as plain text, so a dialogue or summary holding a control token's text (``<|im_end|>``) cannot
+end or open a turn; the data's ``#...#`` masks stay one id each. The template used is recorded in the tokenizer's
+config (:data:`TOKENIZER_KEY`), so an exported model carries it to ``validate`` and ``predict``.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
@@ -49,15 +40,8 @@ ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{dialogue}\n\n### Outpu
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """One named prompt.
-
-    Args:
-        name: The name configs and sweeps use.
-        instruction: Instruction text put before the dialogue.
-        system: System message (chat templates only); ``None`` for none.
-        plain: Plain text template with ``{instruction}`` and ``{dialogue}`` slots; ``None`` renders with the
-            tokenizer's chat template.
-    """
+    """One named prompt: an instruction put before the dialogue, an optional system message (chat templates), and
+    a ``plain`` text with ``{instruction}`` and ``{dialogue}`` slots, or ``None`` for the tokenizer's chat template."""
 
     name: str
     instruction: str = INSTRUCTION_KO
@@ -84,14 +68,9 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
 
 
 def resolve_template(value: str | dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PromptTemplate:
-    """The :class:`PromptTemplate` for a ``data.prompt_template`` value.
-
-    Args:
-        value: A name from :data:`PROMPT_TEMPLATES`, a plain template text containing ``{dialogue}``, or a
-            saved template (the dict :meth:`PromptTemplate.to_dict` gives).
-        tokenizer: Chat templates need one with ``chat_template`` set; without it ``chat`` falls back to
-            ``alpaca`` and ``chat_system`` is refused.
-    """
+    """The :class:`PromptTemplate` for a ``data.prompt_template`` value: a name from :data:`PROMPT_TEMPLATES`, a
+    plain template text containing ``{dialogue}``, or a saved :meth:`PromptTemplate.to_dict`. Without a chat
+    template in ``tokenizer``, ``chat`` falls back to ``alpaca`` and ``chat_system`` is refused."""
     if isinstance(value, dict):
         template = PromptTemplate(**value)
     elif "{dialogue}" in value:
@@ -117,23 +96,15 @@ def resolve_template(value: str | dict[str, Any], tokenizer: PreTrainedTokenizer
 
 
 def check_dialogue_slot(name: str, count: int, text: str) -> None:
-    """Refuse a prompt with no ``{dialogue}`` slot or with several: truncation shortens the one dialogue span.
-
-    Raises:
-        ValueError: naming the template and the placeholder.
-    """
+    """Raise ValueError unless the prompt has exactly one ``{dialogue}`` slot (the span truncation shortens)."""
     if count != 1:
         what = "has no {dialogue} slot" if count == 0 else f"has the {{dialogue}} placeholder {count} times"
         raise ValueError(f"data.prompt_template {name!r} {what}; it must appear exactly once: {text[:200]!r}")
 
 
 class PromptBuilder:
-    """Token ids of prompts and targets for one tokenizer and :class:`PromptTemplate`.
-
-    Args:
-        tokenizer: A fast tokenizer (character offsets locate the dialogue in the rendered prompt).
-        template: The prompt.
-    """
+    """Token ids of prompts and targets for a fast tokenizer (its character offsets locate the dialogue in the
+    rendered prompt) and a :class:`PromptTemplate`."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate) -> None:
         if not getattr(tokenizer, "is_fast", False):
@@ -171,9 +142,7 @@ class PromptBuilder:
         messages.append({"role": "user", "content": f"{template.instruction}\n\n{_DIALOGUE}"})
         if with_summary:
             messages.append({"role": "assistant", "content": _SUMMARY})
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=not with_summary
-        )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not with_summary)
 
     def _end_of_turn(self) -> int:
         """The token the chat template writes right after an assistant message when it is special, else eos."""
@@ -182,9 +151,8 @@ class PromptBuilder:
             if eos is None:
                 raise ValueError("the tokenizer has no eos token to end the summary with")
             return eos
-        full = self._render(with_summary=True)
-        tail = full.split(_SUMMARY, 1)[1] if _SUMMARY in full else ""
-        ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        tail = self._render(with_summary=True).partition(_SUMMARY)[2]
+        ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
         if ids and ids[0] in self.tokenizer.all_special_ids:
             return ids[0]
         if eos is None:
@@ -200,14 +168,8 @@ class PromptBuilder:
         return len(self.encode_prompts([""], 10**9)[0][0])
 
     def encode_prompts(self, dialogues: list[str], max_len: int) -> tuple[list[list[int]], list[bool]]:
-        """Prompt ids per dialogue, at most ``max_len`` long; truncation removes dialogue tokens only.
-
-        Returns:
-            The ids, and per dialogue whether it was truncated.
-
-        Raises:
-            ValueError: The instruction and markup alone do not fit in ``max_len``.
-        """
+        """Prompt ids per dialogue, at most ``max_len`` long (only dialogue tokens are cut), and whether each was cut;
+        ValueError when the instruction and markup alone do not fit."""
         texts = [self.prompt_text(d) for d in dialogues]
         encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         start = len(self.before)
@@ -249,20 +211,15 @@ class PromptBuilder:
 
     @cached_property
     def _plain_tokenizer(self) -> Tokenizer:
-        """A copy of the backend tokenizer that encodes every special token's text as plain text (masks are
-        handled by :meth:`plain_ids`), with :data:`_SENTINEL` as an extra token."""
+        """The backend tokenizer, encoding special tokens' text as plain text, with :data:`_SENTINEL` added."""
         backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
         backend.encode_special_tokens = True
         backend.add_tokens([AddedToken(_SENTINEL, special=False, normalized=False)])
         return backend
 
     def plain_ids(self, text: str, first: bool) -> list[int]:
-        """``text`` encoded as plain text: a special token's text becomes ordinary tokens, masks one id each.
-
-        Args:
-            text: User text (a dialogue or summary).
-            first: Whether ``text`` starts the encoded input (a summary) rather than following markup (a dialogue).
-        """
+        """User ``text`` encoded as plain text (masks one id each); ``first``: it starts the input (a summary)
+        rather than following markup (a dialogue)."""
         pieces = self._masks.split(text) if self._masks is not None else [text]
         ids: list[int] = []
         for i, piece in enumerate(pieces):
@@ -276,8 +233,7 @@ class PromptBuilder:
         return ids
 
     def fingerprint(self) -> dict[str, Any]:
-        """What the cached features depend on: the template, the rendered markup around the dialogue, and how
-        user text is encoded."""
+        """What the cached features depend on: the template, its rendered markup, and how user text is encoded."""
         return {**self.template.to_dict(), "before": self.before, "after": self.after,
                 "end_of_turn": self.end_of_turn_id, "head": self.head, "user_text": "plain"}
 
@@ -294,10 +250,8 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids generation must stop at: eos, and the chat template's end-of-turn token when there is one."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if getattr(tokenizer, "chat_template", None):
-        try:
+        with suppress(TemplateError, ValueError):  # a template that renders no plain user turn: eos alone then
             ids.append(PromptBuilder(tokenizer, PROMPT_TEMPLATES["chat"]).end_of_turn_id)
-        except (TemplateError, ValueError):  # a template that renders no plain user turn: eos alone then
-            pass
     return list(dict.fromkeys(ids))
 
 

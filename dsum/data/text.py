@@ -68,7 +68,4 @@ def is_blank(text: str) -> bool:
 
 def find_masks(texts: Iterable[str]) -> list[str]:
     """Every distinct `#...#` mask in `texts`, sorted."""
-    found: set[str] = set()
-    for text in texts:
-        found.update(MASK_PATTERN.findall(text))
-    return sorted(found)
+    return sorted({mask for text in texts for mask in MASK_PATTERN.findall(text)})

@@ -1,9 +1,8 @@
 """Loading a checkpoint's tokenizer, and checking that it keeps the data's text.
 
-transformers 5 can rebuild a hub tokenizer from its vocabulary with the pre-tokenizer of the model
-class (``GPT2Tokenizer``'s byte-level one for KoGPT2, whose ``tokenizer.json`` is a character BPE), and the
-result silently drops or garbles Korean. ``tokenizer_json`` loads the checkpoint's ``tokenizer.json``
-exactly as saved, and :func:`check_round_trip` stops a run whose tokenizer loses the data's characters.
+transformers 5 can rebuild a hub tokenizer with the model class's pre-tokenizer (byte-level for KoGPT2, whose
+``tokenizer.json`` is a character BPE), silently garbling Korean. ``tokenizer_json`` loads ``tokenizer.json`` as
+saved, and :func:`check_round_trip` stops a run whose tokenizer loses the data's characters.
 """
 
 from __future__ import annotations
@@ -24,15 +23,8 @@ ROUND_TRIP_MIN_KEPT = 0.9
 def load_tokenizer(
     name: str, loader: TokenizerLoader = "auto", kwargs: dict[str, Any] | None = None, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
-    """The tokenizer of checkpoint ``name``.
-
-    Args:
-        name: Hugging Face id or local directory.
-        loader: ``auto`` (``AutoTokenizer``: the class the checkpoint names) or ``tokenizer_json`` (the
-            checkpoint's ``tokenizer.json`` as saved, with the generic fast tokenizer).
-        kwargs: Passed to ``from_pretrained``, e.g. special tokens the checkpoint does not declare.
-        trust_remote_code: Allow a hub tokenizer to run its own code.
-    """
+    """The tokenizer of checkpoint ``name`` (id or directory), loaded by ``AutoTokenizer`` (``auto``) or from its
+    ``tokenizer.json`` as saved (``tokenizer_json``); ``kwargs`` go to ``from_pretrained``."""
     options = {**(kwargs or {}), "trust_remote_code": trust_remote_code}
     if loader == "tokenizer_json":
         return PreTrainedTokenizerFast.from_pretrained(name, **options)
@@ -47,28 +39,23 @@ def _characters(text: str) -> Counter[str]:
 
 
 def check_round_trip(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], name: str) -> None:
-    """Raise if ``decode(encode(text))`` loses more than 10% of the non-space characters of the first texts.
-
-    Unknown characters (``<unk>``), case and spacing changes pass; a tokenizer rebuilt with the wrong
-    pre-tokenizer, which drops whole scripts, does not.
-    """
+    """Raise if ``decode(encode(text))`` loses more than 10% of the non-space characters of the first texts: ``<unk>``,
+    case and spacing changes pass; a wrong pre-tokenizer, which drops whole scripts, does not."""
     sample = [t for t in islice(texts, ROUND_TRIP_TEXTS) if t.strip()]
     if not sample:
         return
     decoded = tokenizer.batch_decode(tokenizer(sample, add_special_tokens=False)["input_ids"])
-    total = kept = 0
-    worst = ("", "", 1.0)
+    counts = []  # per text: its characters, and how many of them came back
     for original, back in zip(sample, decoded):
         want = _characters(original)
-        wanted, returned = sum(want.values()), sum((want & _characters(back)).values())
-        total, kept = total + wanted, kept + returned
-        if returned / max(1, wanted) < worst[2]:
-            worst = (original, back, returned / max(1, wanted))
+        counts.append((sum(want.values()), sum((want & _characters(back)).values())))
+    total, kept = (sum(column) for column in zip(*counts))
     if kept < ROUND_TRIP_MIN_KEPT * total:
+        worst = min(range(len(counts)), key=lambda i: counts[i][1] / max(1, counts[i][0]))
         raise ValueError(
             f"The tokenizer of {name} ({type(tokenizer).__name__}) loses {1 - kept / total:.0%} of the data's "
-            f"characters in decode(encode(text)), e.g. {worst[0][:60]!r} -> {worst[1][:60]!r}. transformers may have "
-            "rebuilt it from its vocabulary with another pre-tokenizer: set data.tokenizer_loader=tokenizer_json "
-            "to load its tokenizer.json as saved (configs/kogpt2.yaml does), with data.tokenizer_kwargs for "
-            "special tokens the checkpoint does not declare."
+            f"characters in decode(encode(text)), e.g. {sample[worst][:60]!r} -> {decoded[worst][:60]!r}. "
+            "transformers may have rebuilt it from its vocabulary with another pre-tokenizer: set "
+            "data.tokenizer_loader=tokenizer_json to load its tokenizer.json as saved (configs/kogpt2.yaml does), "
+            "with data.tokenizer_kwargs for special tokens the checkpoint does not declare."
         )

@@ -1,21 +1,18 @@
 """Ensembling by minimum Bayes risk: ``python -m dsum.eval.ensemble SOURCE SOURCE SOURCE ... --out ensemble.csv``.
 
 A source is a submission CSV (``fname,summary``, the sample layout's unnamed index column allowed) or an
-exported model directory (``best_model/`` of a run, any family). A model directory is first run through
-``main.py predict`` in its own process, on ``--data``, with the settings the export carries
-(``dsum_inference.json``: family, data layout, decoding, post-processing), or ``--config``, or for an older export
-the run's ``config.yaml`` beside it. For every dialogue the ensemble keeps the candidate with the highest mean ROUGE (``rouge_mean``
-against each other source's candidate, the metric's tokenizer): the summary the others agree with most.
-Ties go to the source listed first.
+exported model directory (``best_model/`` of a run, any family), first run through ``main.py predict`` in its own
+process on ``--data``, with the settings the export carries (``dsum_inference.json``), or ``--config``, or for an
+older export the run's ``config.yaml`` beside it. For every dialogue the ensemble keeps the candidate with the
+highest mean ``rouge_mean`` against the other sources' candidates: the summary the others agree with most. Ties go
+to the source listed first.
 
-Output: the submission in the sample layout (``,fname,summary`` with an unnamed 0..n-1 index) and one JSON
-report on stdout (also written to ``--report``): how often each source won and, with ``--gold``, each
-source's score and the ensemble's, as ``dsum.eval.score`` computes them.
+Output: the submission in the sample layout and one JSON report on stdout (also written to ``--report``): how often
+each source won and, with ``--gold``, each source's score and the ensemble's, as ``dsum.eval.score`` computes them.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -51,7 +48,6 @@ class Source:
     """One ensemble member: where it came from and its summary per ``fname``."""
 
     name: str
-    path: Path
     summaries: dict[str, str]
 
 
@@ -61,16 +57,9 @@ def is_model_dir(path: Path) -> bool:
 
 
 def predict_with_model(model_dir: Path, data: Path, out_csv: Path, config: Path | None, work_dir: Path) -> Path:
-    """Write ``model_dir``'s summaries of ``data`` to ``out_csv`` with ``main.py predict`` in a subprocess.
-
-    Args:
-        model_dir: Exported model directory.
-        data: CSV with ``fname,dialogue`` to summarize.
-        out_csv: Submission to write.
-        config: Config file for ``predict``; default: the export's own settings (``dsum_inference.json``), else
-            ``config.yaml`` of the run that holds ``model_dir``.
-        work_dir: Run directory for the predict run (its records and logs).
-    """
+    """Write ``model_dir``'s summaries of ``data`` to ``out_csv`` with ``main.py predict`` in a subprocess, run in
+    ``work_dir``, with ``config``, else the export's own settings (``dsum_inference.json``), else the ``config.yaml``
+    of the run that holds ``model_dir``."""
     from dsum.eval.inference_settings import predict_args, saved_inference_settings  # dsum.models loads torch
 
     model_dir, data, out_csv, work_dir = (p.resolve() for p in (model_dir, data, out_csv, work_dir))
@@ -116,7 +105,7 @@ def load_sources(paths: Sequence[Path], data: Path | None, config: Path | None, 
             summaries = read_predictions(csv)
         except ScoreError as err:
             raise EnsembleError(str(err)) from None
-        sources.append(Source(str(path), path, summaries))
+        sources.append(Source(str(path), summaries))
     first = sources[0]
     for source in sources[1:]:
         missing = [f for f in first.summaries if f not in source.summaries]
@@ -130,8 +119,8 @@ def load_sources(paths: Sequence[Path], data: Path | None, config: Path | None, 
 
 
 def mbr_choose(candidates: Sequence[str], calculator: RougeCalculator) -> tuple[int, np.ndarray]:
-    """Index of the candidate with the highest mean ``rouge_mean`` against the others, and every candidate's
-    mean. F1 is symmetric, so each pair is scored once; ties go to the lowest index."""
+    """Index of the candidate with the highest mean ``rouge_mean`` against the others (ties: the lowest index), and
+    every candidate's mean. F1 is symmetric, so each pair is scored once."""
     k = len(candidates)
     agreement = np.zeros((k, k))
     for i in range(k):
@@ -167,21 +156,9 @@ def _check_count(count: int) -> None:
         )
 
 
-def write_submission(frame: pd.DataFrame, path: Path) -> Path:
-    """``frame`` as sample_submission.csv's layout: an unnamed 0..n-1 index column, then ``fname,summary``."""
-    buffer = io.StringIO()
-    frame.reset_index(drop=True).to_csv(buffer)
-    return atomic_write_text(path, buffer.getvalue())
-
-
 def read_fname_order(path: Path) -> list[str]:
-    """The fnames of a dialogue CSV (``fname,dialogue``), in file order, read as training and ``predict`` read
-    it (:func:`dsum.data.io.read_dialogue_csv`).
-
-    Raises:
-        EnsembleError: The file is missing, empty, not UTF-8, not a CSV, lacks a column, has an empty cell or
-            a duplicate fname; the message names the file and the rows (and the duplicate fnames).
-    """
+    """The fnames of a dialogue CSV (``fname,dialogue``), in file order, read as ``predict`` reads it; an
+    ``EnsembleError`` names the file and its bad rows."""
     try:
         return read_dialogue_csv(path, labelled=False).fnames
     except DataError as err:
@@ -202,15 +179,13 @@ def run(
     """Ensemble ``paths`` into ``out`` and return the report (see the module docstring)."""
     settings = metric_settings(tokenizer, references)
     _check_count(len(paths))  # before any model runs
-    order = None
-    if data is not None:
-        order = read_fname_order(data)
+    order = read_fname_order(data) if data is not None else None
     with tempfile.TemporaryDirectory(prefix="dsum-ensemble-") as work:
         sources = load_sources(paths, data, config, Path(work))
         if order is not None and sorted(order) != sorted(sources[0].summaries):
             raise EnsembleError(f"{data}: its fnames differ from those of {sources[0].name}.")
         frame, wins = ensemble(sources, tokenizer, order)
-        write_submission(frame, out)
+        atomic_write_text(out, frame.reset_index(drop=True).to_csv())  # the sample layout: a 0..n-1 index column
         result: dict[str, Any] = {
             "output": str(out), "count": len(frame), "metric": settings,
             "sources": [{"name": s.name, "wins": w, "win_share": w / max(len(frame), 1)}
@@ -245,11 +220,8 @@ def score_against_gold(
         )
     fnames = list(gold_refs)
     refs = [gold_refs[f] for f in fnames]
-    results = []
-    for mapping in summaries:
-        scores = rouge_scores([mapping[f] for f in fnames], refs, tokenizer, references)
-        results.append({k: float(scores[k]) for k in ("rouge1", "rouge2", "rougeL", "rouge_mean")})
-    return results
+    scores = [rouge_scores([mapping[f] for f in fnames], refs, tokenizer, references) for mapping in summaries]
+    return [{k: float(score[k]) for k in ("rouge1", "rouge2", "rougeL", "rouge_mean")} for score in scores]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,14 +1,11 @@
-"""Fidelity of a summary beyond ROUGE: are the dataset's masks (``#Person1#``, ``#PhoneNumber#``, ...) copied
-right, and is the summary as long as the reference?
+"""Fidelity of a summary beyond ROUGE: are the dataset's masks (``#Person1#``, ...) copied right, and is the summary
+as long as the reference? Mask precision (of the masks a prediction writes, the share the reference has, counted
+with multiplicity), recall (of the reference's masks, the share the prediction writes), F1, and the length ratio
+(prediction / reference characters, whitespace not counted).
 
-- mask precision: of the masks a prediction writes, the share the reference has (counted with multiplicity);
-- mask recall: of the reference's masks, the share the prediction writes;
-- mask F1: their harmonic mean;
-- length ratio: prediction characters / reference characters (whitespace not counted).
-
-All four are pooled over the corpus (sums over examples, then ratios), and with several references each
-reference-side count is the mean over an example's references. Nothing predicted and nothing expected is a perfect
-score (1.0); something expected and nothing predicted scores 0.0 recall and 1.0 precision.
+All four are pooled over the corpus (sums over examples, then ratios); with several references each reference-side
+count is the mean over an example's references. Nothing predicted and nothing expected scores 1.0; something
+expected and nothing predicted scores 0.0 recall and 1.0 precision.
 """
 
 from __future__ import annotations
@@ -63,11 +60,8 @@ def fidelity_from_sums(matched: float, predicted: float, expected: float, pred_c
 
 
 def fidelity_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
-    """Corpus-level mask precision, recall, F1 and length ratio (what ``dsum.eval.score`` reports).
-
-    Raises:
-        ValueError: the two lists differ in length.
-    """
+    """Corpus-level mask precision, recall, F1 and length ratio (what ``dsum.eval.score`` reports); the two lists
+    must have the same length (``ValueError``)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:

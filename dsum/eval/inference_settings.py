@@ -1,7 +1,7 @@
 """The inference settings an export carries (``dsum_inference.json``): decoding, post-processing, metric settings
-and removed strings. ``validate``/``test``/``predict`` and ``dsum.eval.ensemble`` on an export use them, except settings given
-on the command line, so a model scores and predicts the same wherever it is moved and whatever config is passed (the prompt template travels as ``prompt_template.json``, the generation config as
-``generation_config.json``)."""
+and removed strings. ``validate``/``test``/``predict`` and ``dsum.eval.ensemble`` on an export use them, except
+settings given on the command line, so a model scores and predicts the same wherever it is moved and whatever
+config is passed (the prompt template and generation config travel as their own files)."""
 
 from __future__ import annotations
 
@@ -48,11 +48,8 @@ def save_inference_settings(module: Any, directory: str | Path) -> Path:
 
 
 def saved_inference_settings(pretrained: str | Path) -> dict[str, Any] | None:
-    """An export's ``dsum_inference.json``, or None (a hub model, an older export).
-
-    Raises:
-        ValueError: the file is not valid JSON (names it).
-    """
+    """An export's ``dsum_inference.json``, or None (a hub model, an older export); ``ValueError`` when it is not
+    valid JSON."""
     path = Path(pretrained) / INFERENCE_FILE
     if not path.is_file():
         return None
@@ -83,7 +80,11 @@ def apply_saved_settings(init_args: Any, saved: dict[str, Any], given: set[str])
         if isinstance(current, dict) and isinstance(value, dict):
             for key in current.keys() & value.keys():
                 if f"model.{name}.{key}" not in given and current[key] != value[key]:
-                    _set(init_args, name, key, value[key])
+                    group = init_args[name]
+                    if is_dataclass(group):
+                        init_args[name] = type(group)(**{**asdict(group), key: value[key]})
+                    else:  # a dict or a jsonargparse Namespace
+                        group[key] = value[key]
                     taken.append(f"model.{name}.{key}")
         elif current != value:
             init_args[name] = value
@@ -93,17 +94,5 @@ def apply_saved_settings(init_args: Any, saved: dict[str, Any], given: set[str])
 
 def given_keys(args: list[str]) -> set[str]:
     """The dotted option names a command line sets (``--model.init_args.x`` counted as ``model.x``)."""
-    keys = set()
-    for arg in args:
-        if arg.startswith("--") and len(arg) > 2:
-            key = arg[2:].split("=", 1)[0]
-            keys.add(key.replace("model.init_args.", "model.", 1))
-    return keys
-
-
-def _set(init_args: Any, name: str, key: str, value: Any) -> None:
-    group = init_args[name]
-    if is_dataclass(group):
-        init_args[name] = type(group)(**{**asdict(group), key: value})
-    else:  # a dict or a jsonargparse Namespace
-        group[key] = value
+    return {arg[2:].split("=", 1)[0].replace("model.init_args.", "model.", 1)
+            for arg in args if arg.startswith("--") and len(arg) > 2}

@@ -1,39 +1,30 @@
 """The official-style Korean ROUGE (a one-shot scorer, a DDP-synced ``Metric``) and a de-duplicated mean.
 
-The default is the official-style metric of the competition:
-
 - **Tokens:** Mecab-ko morphemes, one token per ``#...#`` mask (:mod:`dsum.eval.tokenizers`).
-- **Scores:** ROUGE-1, ROUGE-2 and ROUGE-L F1 per example (rouge-score's definitions), then the plain mean over
-  examples. ``rouge_mean`` is the mean of the three.
-- **References:** with several references, an example's score per ROUGE type is the **mean** over its
-  references (the organizers' rule: submitting one of three references scores about 70, not 100); ``max``
-  (the best reference per type, rouge-score's ``score_multi``) is an option.
-- **Scale:** every score is F1 × 100, the leaderboard's scale (``rouge1``, ``rouge2``, ``rougeL`` and
-  ``rouge_mean`` alike).
+- **Scores:** ROUGE-1/2/L F1 per example (rouge-score's definitions), then the plain mean over examples;
+  ``rouge_mean`` is the mean of the three. Every score is F1 × 100, the leaderboard's scale.
+- **References:** with several, an example's score per ROUGE type is the **mean** over them (the organizers' rule:
+  submitting one of three references scores about 70, not 100); ``max`` (rouge-score's ``score_multi``) is an option.
 
-Counting is done here rather than by ``RougeScorer``: the same n-gram F1 and an LCS by bit-parallel arithmetic,
-which scores the 499 dev pairs in a fraction of a second (the tests compare both with ``RougeScorer``).
+Counting is done here rather than by ``RougeScorer`` (same n-gram F1, an LCS by bit-parallel arithmetic): the 499 dev
+pairs score in a fraction of a second (the tests compare both with ``RougeScorer``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torchmetrics import Metric
 
-from dsum.eval.tokenizers import DEFAULT_TOKENIZER, TOKENIZER_ALIASES, RougeTokenizer, get_tokenizer, tokenizer_name
-# Defined here before tokenizers.py was split off (`dsum.metrics` in scripts): still importable from here.
-from dsum.eval.tokenizers import TOKENIZERS as TOKENIZERS
-from dsum.eval.tokenizers import KiwiTokenizer as KiwiTokenizer
-from dsum.eval.tokenizers import MecabTokenizer as MecabTokenizer
-from dsum.eval.tokenizers import MorphemeTokenizer as MorphemeTokenizer
-from dsum.eval.tokenizers import TokenizerName as TokenizerName
-from dsum.eval.tokenizers import WhitespaceTokenizer as WhitespaceTokenizer
-from dsum.eval.tokenizers import clean_controls as clean_controls
+# TOKENIZERS ... clean_controls were defined here before tokenizers.py was split off: still importable from here.
+from dsum.eval.tokenizers import (  # noqa: F401
+    DEFAULT_TOKENIZER, TOKENIZER_ALIASES, TOKENIZERS, KiwiTokenizer, MecabTokenizer, MorphemeTokenizer, RougeTokenizer,
+    TokenizerName, WhitespaceTokenizer, clean_controls, get_tokenizer, tokenizer_name,
+)
 
 ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
 SCALE = 100.0  # every score is F1 x 100, the leaderboard's scale
@@ -50,21 +41,16 @@ def check_reference_rule(references: str) -> str:
 
 
 def metric_settings(tokenizer: str | RougeTokenizer = DEFAULT_TOKENIZER, references: str = "mean") -> dict[str, Any]:
-    """The metric's name and settings, for run records, sweep summaries and ``dsum.eval.score``'s JSON.
-
-    Scores are comparable only between runs whose settings are equal.
-    """
+    """The metric's name and settings (for run records, summaries, ``score``'s JSON): scores compare only when equal."""
     name = TOKENIZER_ALIASES.get(tokenizer, tokenizer) if isinstance(tokenizer, str) else tokenizer_name(tokenizer)
     return {"name": "rouge", "tokenizer": name, "references": check_reference_rule(references), "scale": int(SCALE)}
 
 
-# --------------------------------------------------------------------------------------------- counting
-
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     """Length of the longest common subsequence of two token lists.
 
-    Bit-parallel (Allison and Dix 1986; Hyyrö 2004): one bit per token of ``a`` in a Python integer, a few
-    integer operations per token of ``b``, so it is linear in ``len(b)`` for summary-length inputs.
+    Bit-parallel (Allison and Dix 1986; Hyyrö 2004): one bit per token of ``a`` in a Python integer, a few integer
+    operations per token of ``b``, so it is linear in ``len(b)`` for summary-length inputs.
     """
     if not a or not b:
         return 0
@@ -87,15 +73,12 @@ def _f1(overlap: int, predicted: int, reference: int) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class _Counted:
+class _Counted(NamedTuple):
     """One text's tokens and its unigram and bigram counts."""
 
-    __slots__ = ("tokens", "unigrams", "bigrams")
-
-    def __init__(self, tokens: list[str]) -> None:
-        self.tokens = tokens
-        self.unigrams = Counter(tokens)
-        self.bigrams = Counter(zip(tokens, tokens[1:]))
+    tokens: list[str]
+    unigrams: Counter
+    bigrams: Counter
 
 
 def _overlap(pred: Counter, ref: Counter) -> int:
@@ -120,7 +103,8 @@ class RougeCalculator:
     def _counted(self, text: str) -> _Counted:
         counted = self._cache.get(text)
         if counted is None:
-            counted = self._cache[text] = _Counted(self.tokenizer.tokenize(text))
+            tokens = self.tokenizer.tokenize(text)
+            counted = self._cache[text] = _Counted(tokens, Counter(tokens), Counter(zip(tokens, tokens[1:])))
         return counted
 
     def pair(self, prediction: str, reference: str) -> np.ndarray:
@@ -137,10 +121,6 @@ class RougeCalculator:
         """ROUGE-1/2/L × 100 of one prediction against its references (mean or max per type), shape ``(3,)``."""
         scores = np.stack([self.pair(prediction, reference) for reference in references])
         return scores.mean(axis=0) if self.references == "mean" else scores.max(axis=0)
-
-    def clear(self) -> None:
-        """Forget the tokenized texts (the cache grows with every distinct text scored)."""
-        self._cache.clear()
 
 
 def _as_reference_lists(preds: Sequence[str], refs: References) -> list[list[str]]:
@@ -166,35 +146,21 @@ def score_examples(
     tokenizer: str | RougeTokenizer = DEFAULT_TOKENIZER,
     references: str = "mean",
 ) -> np.ndarray:
-    """Per-example ROUGE-1/2/L F1 × 100, shape ``(n, 3)``.
-
-    Args:
-        preds: One predicted summary per example.
-        refs: Per example, one reference string or a list of references.
-        tokenizer: Registry name or an object with ``.tokenize(text) -> list[str]``.
-        references: ``mean`` or ``max`` over an example's references, per ROUGE type.
-    """
+    """Per-example ROUGE-1/2/L F1 × 100, shape ``(n, 3)``; arguments as :func:`rouge_scores`."""
     ref_lists = _as_reference_lists(preds, refs)
     calculator = RougeCalculator(tokenizer, references)
-    scores = np.zeros((len(preds), len(ROUGE_TYPES)), dtype=np.float64)
-    for i, (pred, ref_list) in enumerate(zip(preds, ref_lists)):
-        scores[i] = calculator.example(pred, ref_list)
-    return scores
+    scores = [calculator.example(pred, ref_list) for pred, ref_list in zip(preds, ref_lists)]
+    return np.array(scores, dtype=np.float64).reshape(len(preds), len(ROUGE_TYPES))
 
 
 def summarize(scores: np.ndarray) -> dict[str, float | int]:
-    """Mean per ROUGE type, ``rouge_mean`` (mean of the three) and ``count``; scores are × 100 throughout.
-
-    With no examples every score is 0.0 and ``count`` is 0 (not NaN, so "best so far" trackers and
-    checkpoint monitors keep working).
-    """
+    """Mean per ROUGE type, ``rouge_mean`` (mean of the three) and ``count``; scores are × 100 throughout. With no
+    examples every score is 0.0 and ``count`` is 0 (not NaN, so "best so far" trackers and monitors keep working)."""
     if len(scores) == 0:
         return {**{t: 0.0 for t in ROUGE_TYPES}, "rouge_mean": 0.0, "count": 0}
     means = scores.mean(axis=0)
     result: dict[str, float | int] = {t: float(m) for t, m in zip(ROUGE_TYPES, means)}
-    result["rouge_mean"] = float(means.mean())
-    result["count"] = len(scores)
-    return result
+    return {**result, "rouge_mean": float(means.mean()), "count": len(scores)}
 
 
 def rouge_scores(
@@ -208,19 +174,15 @@ def rouge_scores(
     Args:
         preds: One predicted summary per example.
         refs: Per example, one reference string or a list of references.
-        tokenizer: ``mecab`` (default), ``kiwi``, ``whitespace``, or an object with ``.tokenize``.
-        references: ``mean`` (default, the organizers' rule) or ``max`` over an example's references.
+        tokenizer: ``mecab`` (default), ``kiwi``, ``whitespace``, or an object with ``.tokenize(text) -> list[str]``.
+        references: ``mean`` (default, the organizers' rule) or ``max`` over an example's references, per ROUGE type.
     """
     return summarize(score_examples(preds, refs, tokenizer, references))
 
 
 class _Float64Metric(Metric):
-    """A ``Metric`` whose ``cat`` states are float64 on every rank.
-
-    torchmetrics resets ``dtype`` to float32 whenever the metric is moved (Lightning's ``.to(device)``), and
-    a rank that saw no examples sends an empty tensor of that dtype to the all-gather. Under NCCL a float32
-    tensor among float64 ones is a size mismatch, so the dtype is pinned here.
-    """
+    """A ``Metric`` whose ``cat`` states are float64 on every rank: torchmetrics resets ``dtype`` to float32 when the
+    metric is moved, and a rank without examples would then send an empty float32 tensor into a float64 all-gather."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -235,18 +197,10 @@ class _Float64Metric(Metric):
 class KoreanRouge(_Float64Metric):
     """ROUGE-1/2/L F1 × 100 with a Korean-aware tokenizer, synced across DDP ranks and de-duplicated by example.
 
-    Evaluation samplers (``DistributedSampler``) pad shards with repeated examples, so the state is kept
-    per example, as ``(index, rouge1, rouge2, rougeL)`` float64 rows gathered with ``cat``; ``compute``
-    keeps the first row of each dataset index and averages. ``compute`` returns plain Python numbers:
-    ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean`` (mean of the three), all F1 × 100, and ``count``
-    (unique examples). With no examples every score is 0.0 and ``count`` is 0.
-
-    Args:
-        tokenizer: ``mecab`` (Mecab-ko morphemes, the official-style default), ``kiwi`` (Kiwi morphemes),
-            ``whitespace`` (Unicode words); masks are kept whole by all three. Or an object with
-            ``.tokenize(text) -> list[str]``.
-        references: ``mean`` (the organizers' rule) or ``max`` over an example's references, per ROUGE type.
-        kwargs: Passed to ``torchmetrics.Metric`` (e.g. ``compute_on_cpu``, ``process_group``).
+    Evaluation shards are padded with repeated examples, so the state is one ``(index, rouge1, rouge2, rougeL)``
+    float64 row per example, gathered with ``cat``; ``compute`` keeps the first row of each dataset index and
+    returns :func:`summarize`'s plain numbers (``count``: unique examples). ``tokenizer`` and ``references`` are
+    :class:`RougeCalculator`'s; ``kwargs`` go to ``torchmetrics.Metric`` (e.g. ``compute_on_cpu``).
     """
 
     is_differentiable = False
@@ -269,21 +223,13 @@ class KoreanRouge(_Float64Metric):
     def update(
         self, preds: Sequence[str], targets: References, indices: torch.Tensor | Sequence[int] | None = None
     ) -> None:
-        """Score a batch.
-
-        Args:
-            preds: One predicted summary per example.
-            targets: Per example, one reference string or a list of references.
-            indices: Dataset index of each example, used to drop padded duplicates across ranks. Without
-                it, examples are never de-duplicated (positions within a batch would collide across
-                batches and ranks).
-        """
+        """Score a batch: one predicted summary per example, its reference or list of references, and its dataset
+        index (used to drop padded duplicates across ranks; without indices nothing is de-duplicated)."""
         scores = score_examples(preds, targets, self.tokenizer, self.references)
         if indices is None:
             index = np.full(len(preds), -1.0)
         else:
-            values = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
-            index = np.asarray(values, dtype=np.float64)
+            index = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else list(indices), np.float64)
             if index.shape != (len(preds),):
                 raise ValueError(f"Got {index.size} indices for {len(preds)} predictions; need one per example.")
             if (index < 0).any():
@@ -291,34 +237,21 @@ class KoreanRouge(_Float64Metric):
         device = _state_device(self)
         self.indices.append(torch.as_tensor(index, dtype=torch.float64, device=device))
         for column, rouge_type in enumerate(ROUGE_TYPES):
-            state = getattr(self, rouge_type)
-            state.append(torch.as_tensor(scores[:, column], dtype=torch.float64, device=device))
-
-    def _rows(self) -> tuple[np.ndarray, np.ndarray]:
-        index = _state_array(self.indices)
-        scores = np.stack([_state_array(getattr(self, t)) for t in ROUGE_TYPES], axis=1)
-        return index, scores
+            getattr(self, rouge_type).append(torch.as_tensor(scores[:, column], dtype=torch.float64, device=device))
 
     def compute(self) -> dict[str, float | int]:
-        index, scores = self._rows()
-        return summarize(scores[first_of_each_index(index)])
+        scores = np.stack([_state_array(getattr(self, t)) for t in ROUGE_TYPES], axis=1)
+        return summarize(scores[first_of_each_index(_state_array(self.indices))])
 
 
 class PooledMean(_Float64Metric):
     """``sum(totals) / sum(counts)`` over examples, synced across DDP ranks, each dataset index counted once.
 
-    Evaluation batches are padded with repeated examples so that every DDP rank runs the same number of
-    steps; a plain ``MeanMetric`` would count those twice. Here every update brings one row per example,
-    ``(index, total, count)``, gathered with ``cat``; ``compute`` keeps the first row of each index.
-
-    - Per-token mean loss: ``totals`` = summed token losses of each example, ``counts`` = its tokens.
-      The result does not depend on how examples were batched.
-    - Per-example mean (e.g. generated length): ``counts`` = 1 (the default).
-
-    ``compute`` returns a Python float, NaN when no counts were seen.
-
-    Args:
-        kwargs: Passed to ``torchmetrics.Metric``.
+    Evaluation batches are padded with repeated examples (a ``MeanMetric`` would count them twice), so every update
+    brings one ``(index, total, count)`` row per example, gathered with ``cat``; ``compute`` keeps the first row of
+    each index and returns a Python float, NaN when no counts were seen. A per-token mean loss passes each example's
+    summed token losses and token count (independent of batching); a per-example mean leaves ``counts`` at 1.
+    ``kwargs`` go to ``torchmetrics.Metric``.
     """
 
     is_differentiable = False
@@ -335,13 +268,8 @@ class PooledMean(_Float64Metric):
         indices: torch.Tensor | Sequence[int],
         counts: torch.Tensor | None = None,
     ) -> None:
-        """Add one row per example.
-
-        Args:
-            totals: Per example, the quantity to average (shape ``(n,)``).
-            indices: Dataset index of each example (``>= 0``); repeats across updates and ranks count once.
-            counts: Per example, what ``totals`` is a sum over (e.g. tokens); ones when omitted.
-        """
+        """Add one row per example: the quantity to average, its dataset index (``>= 0``; repeats across updates and
+        ranks count once) and what the total is a sum over (e.g. tokens; ones when omitted)."""
         totals = totals.detach().reshape(-1)
         index = torch.as_tensor(indices).detach().reshape(-1)
         counts = torch.ones_like(totals) if counts is None else counts.detach().reshape(-1)

@@ -1,16 +1,8 @@
 """Post-processing of generated summaries: mask spacing, repeated phrases, an unfinished last sentence.
 
-:class:`PostprocessSettings` is a ``model.postprocess`` init argument of every summarizer, applied by
-``SummarizerBase.decode``, so validation, test and predict score and write the same text. Each option is a
-config key and a sweep parameter (``model.postprocess.cut_unfinished`` ...). The steps run in this order:
-
-1. ``mask_spacing``: ``#Person1# 은`` → ``#Person1#은``, as the references write masks with their particles.
-2. ``collapse_repeats``: a sentence that repeats an earlier one is dropped, and a word sequence repeated
-   right after itself is kept once (``집에 갔다 집에 갔다`` → ``집에 갔다``).
-3. ``cut_unfinished``: a trailing fragment after the last finished sentence is cut (what a summary cut off by
-   ``max_new_tokens`` ends with).
-
-Whitespace runs become one space at the end in any case.
+:class:`PostprocessSettings` is every summarizer's ``model.postprocess`` argument, applied by
+``SummarizerBase.decode``, so validation, test and predict score and write the same text. Each option is a config
+key and a sweep parameter (``model.postprocess.cut_unfinished`` ...); the steps run in the order of its fields.
 """
 
 from __future__ import annotations
@@ -68,12 +60,9 @@ def sentences(text: str) -> list[str]:
 
 
 def cut_unfinished_sentence(text: str) -> str:
-    """Drop a trailing unfinished sentence, when a finished one comes before it.
-
-    A text is finished when it ends with sentence punctuation (``. ! ? …``, closing quotes allowed) or with a
-    Korean final ending ``다`` / ``요``. Otherwise the text after the last sentence end is cut. A text with no
-    sentence end at all is returned unchanged rather than emptied.
-    """
+    """Drop a trailing unfinished sentence, when a finished one comes before it. A text is finished when it ends with
+    sentence punctuation (``. ! ? …``, closing quotes allowed) or a Korean final ending ``다`` / ``요``; a text with
+    no sentence end at all is returned unchanged rather than emptied."""
     text = text.strip()
     if not text or text.rstrip(_CLOSERS).endswith(tuple(_FINISHING)):
         return text
@@ -83,13 +72,11 @@ def cut_unfinished_sentence(text: str) -> str:
 
 def _collapse_adjacent(words: list[str]) -> list[str]:
     """Keep one copy of any word sequence (up to :data:`MAX_REPEAT_WORDS` words) that repeats right after
-    itself, until none does.
+    itself, until none does. Words compare without trailing punctuation; the last copy is kept (with its period).
 
-    Words compare without trailing punctuation and the last copy is the one kept, so
-    ``집에 갔다 집에 갔다.`` keeps its period. One pass: each word is appended to the kept words, and when
-    their end is now a sequence followed by a copy of itself (the shortest such), the first copy is dropped.
-    What is kept before each word has no adjacent repeat, so only the end needs checking, and dropping a
-    copy leaves a prefix of that (repeat-free) text: at most one drop per word.
+    One pass: each word is appended, and when the kept words now end with a sequence followed by a copy of itself
+    (the shortest such), the first copy is dropped. What was kept before has no adjacent repeat, so only the end
+    needs checking, and a drop leaves a prefix of that repeat-free text: at most one drop per word.
     """
     kept: list[str] = []
     keys: list[str] = []
@@ -110,14 +97,10 @@ def collapse_repeats(text: str) -> str:
     ``"A는 갔다. B가 왔다. A는 갔다."`` → ``"A는 갔다. B가 왔다."``;
     ``"#Person1#은 집에 집에 갔다"`` → ``"#Person1#은 집에 갔다"``; words compare without trailing punctuation.
     """
-    seen: set[str] = set()
-    kept = []
+    first: dict[str, str] = {}  # each sentence (whitespace normalised) -> its first occurrence
     for sentence in sentences(text):
-        key = " ".join(sentence.split())
-        if key not in seen:
-            seen.add(key)
-            kept.append(sentence)
-    return " ".join(_collapse_adjacent(" ".join(kept).split()))
+        first.setdefault(" ".join(sentence.split()), sentence)
+    return " ".join(_collapse_adjacent(" ".join(first.values()).split()))
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,8 @@
 """Score a submission CSV against a labelled CSV: ``python -m dsum.eval.score --pred sub.csv --gold dev.csv``.
 
-Prints one JSON object: ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean`` (their mean), all F1 × 100 (the
-leaderboard's scale), ``count``, and ``metric``: the metric's name and settings, e.g. ``{"name": "rouge",
-"tokenizer": "mecab", "references": "mean", "scale": 100}``. The defaults are the official-style metric:
-Mecab-ko morphemes, mean over a row's references. Problems with the files exit non-zero with a message that
-names the file, and no traceback.
+Prints one JSON object: ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean`` (their mean), all F1 × 100, ``count``,
+the fidelity scores (:mod:`dsum.eval.fidelity`) and ``metric``: the metric's settings (:func:`metric_settings`).
+Problems with the files exit non-zero with a message that names the file, and no traceback.
 """
 
 from __future__ import annotations
@@ -115,13 +113,8 @@ def read_predictions(path: Path) -> dict[str, str]:
 def score_files(
     pred: str | Path, gold: str | Path, tokenizer: str = DEFAULT_TOKENIZER, references: str = "mean"
 ) -> dict[str, Any]:
-    """ROUGE × 100 of a prediction CSV against a gold CSV, matched by ``fname``, with the metric's settings.
-
-    Args:
-        pred: CSV with ``fname,summary`` (an unnamed leading index column is ignored).
-        gold: CSV with ``fname,summary`` and optionally more references in ``summary1``, ``summary2``, ...
-        tokenizer: ``mecab`` (Mecab-ko morphemes, official-style), ``kiwi`` (Kiwi morphemes) or ``whitespace``.
-        references: ``mean`` (the organizers' rule) or ``max`` over a row's references, per ROUGE type.
+    """ROUGE × 100 and fidelity of a prediction CSV against a gold CSV (as :func:`main`'s options describe them),
+    matched by ``fname``, with the metric's settings.
 
     Raises:
         ScoreError: A file is missing, unreadable, lacks columns, has duplicate fnames, a gold row has no
@@ -134,11 +127,8 @@ def score_files(
     missing = [f for f in gold_refs if f not in predictions]
     extra = [f for f in predictions if f not in gold_refs]
     if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {_listing(missing)}")
-        if extra:
-            parts.append(f"{len(extra)} not in the gold file: {_listing(extra)}")
+        parts = [f"{len(missing)} missing: {_listing(missing)}"] if missing else []
+        parts += [f"{len(extra)} not in the gold file: {_listing(extra)}"] if extra else []
         raise ScoreError(f"{pred}: fnames do not match {gold}; {'; '.join(parts)}.")
     empty = sum(1 for f in gold_refs if not predictions[f].strip())
     if empty:

@@ -1,13 +1,11 @@
 """Tokenizers for the official-style Korean ROUGE (:mod:`dsum.eval.metrics`).
 
-- **Tokens:** Mecab-ko morphemes (``python-mecab-ko``, dictionary included), lowercased, punctuation dropped.
-  ``kiwi`` (Kiwi's analysed morphemes) and ``whitespace`` (Unicode words) are the alternatives.
-- **Masks** such as ``#Person1#`` are one token each, in every tokenizer: the masked span is cut out before
-  the analyser sees the text (Mecab-ko would give ``#``, ``Person``, ``1``, ``#``; Kiwi ``#Person1`` + ``#은``)
-  and added back as the lowercased mask (``#person1#``).
+- **Tokens:** Mecab-ko morphemes (``python-mecab-ko``, dictionary included), lowercased, punctuation dropped;
+  ``kiwi`` (Kiwi's analysed morphemes) and ``whitespace`` (Unicode words) are the alternatives. (rouge-score's own
+  tokenizer deletes every character outside ``[a-z0-9]``.)
+- **Masks** such as ``#Person1#`` are one lowercased token each, in every tokenizer (Mecab-ko alone would give
+  ``#``, ``Person``, ``1``, ``#``; Kiwi ``#Person1`` + ``#은``).
 - **Control characters** (NUL, zero-width space, ...) become spaces before any analyser sees them.
-
-rouge-score's own tokenizer deletes every character outside ``[a-z0-9]``, so it is never used.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import functools
 import importlib.util
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 # `#Person1#`, `#PhoneNumber#`, ...: anonymisation masks, scored as single tokens (one definition for data and metric).
@@ -27,6 +25,8 @@ DEFAULT_TOKENIZER = "mecab"
 _NON_WORD = re.compile(r"[\W_]+")
 # Unicode categories of control (NUL, BEL, ...) and format (zero-width space, BOM, ...) characters.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf"})
+# Splits a text into alternating pieces: text, mask, text, ..., text.
+_MASK_SPLIT = re.compile(f"({MASK_PATTERN.pattern})")
 _MECAB_MISSING = (
     "The 'mecab' ROUGE tokenizer needs python-mecab-ko (with its bundled mecab-ko-dic): "
     "pip install python-mecab-ko  (or choose model.rouge_tokenizer / --tokenizer whitespace or kiwi)"
@@ -41,33 +41,15 @@ class RougeTokenizer(Protocol):
     def tokenize(self, text: str) -> list[str]: ...
 
 
-def _words(text: str) -> list[str]:
-    """rouge-score's normalisation, Unicode-aware: lowercase, non letters/digits become spaces, split."""
-    return _NON_WORD.sub(" ", text.lower()).split()
-
-
 def clean_controls(text: str) -> str:
-    """``text`` with every control or format character (Unicode ``Cc``/``Cf``: NUL, BEL, zero-width space,
-    byte-order mark ...) but whitespace replaced by a space, then NFC-normalised.
-
-    The analysers must never see them: Mecab-ko reads its input as a C string and stops at the first NUL, so
-    ``"집에\\x00갔다"`` would lose every word after it.
-    """
+    """``text`` with every control or format character (Unicode ``Cc``/``Cf``: NUL, zero-width space, BOM ...) but
+    whitespace replaced by a space, then NFC-normalised. Mecab-ko reads its input as a C string and stops at the
+    first NUL: ``"집에\\x00갔다"`` would lose every word after it."""
     if not text.isprintable():  # printable text (the usual case) has none: skip the per-character pass
         text = "".join(
             " " if not ch.isspace() and unicodedata.category(ch) in _CONTROL_CATEGORIES else ch for ch in text
         )
     return unicodedata.normalize("NFC", text)
-
-
-def _segments(text: str) -> Iterator[tuple[str, bool]]:
-    """``text`` (NFC) as consecutive ``(segment, is_mask)`` pieces; masks are whole ``#...#`` spans."""
-    start = 0
-    for mask in MASK_PATTERN.finditer(text):
-        yield text[start : mask.start()], False
-        yield mask.group(), True
-        start = mask.end()
-    yield text[start:], False
 
 
 class _MaskAwareTokenizer:
@@ -81,11 +63,11 @@ class _MaskAwareTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         tokens: list[str] = []
-        for segment, is_mask in _segments(clean_controls(text)):
-            if is_mask:
-                tokens.append(segment.lower())
-            elif segment.strip():
-                tokens += self.split(segment)
+        for i, piece in enumerate(_MASK_SPLIT.split(clean_controls(text))):
+            if i % 2:  # a mask
+                tokens.append(piece.lower())
+            elif piece.strip():
+                tokens += self.split(piece)
         return tokens
 
     def __repr__(self) -> str:
@@ -93,16 +75,15 @@ class _MaskAwareTokenizer:
 
 
 class WhitespaceTokenizer(_MaskAwareTokenizer):
-    """Unicode words; ``#...#`` masks kept whole and lowercased.
-
-    ``"#Person1#은 집에 갔다."`` becomes ``["#person1#", "은", "집에", "갔다"]``. Text is NFC-normalised
-    first so that composed and decomposed Hangul (e.g. from macOS file names) compare equal.
+    """Unicode words; ``#...#`` masks kept whole and lowercased: ``"#Person1#은 집에 갔다."`` becomes
+    ``["#person1#", "은", "집에", "갔다"]``. NFC first, so composed and decomposed Hangul compare equal.
     """
 
     name = "whitespace"
 
     def split(self, text: str) -> list[str]:
-        return _words(text)
+        """rouge-score's normalisation, Unicode-aware: lowercase, non letters/digits become spaces, split."""
+        return _NON_WORD.sub(" ", text.lower()).split()
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,10 +117,9 @@ def _mecab() -> Callable[[str], list[str]]:
 class MecabTokenizer(_MaskAwareTokenizer):
     """Mecab-ko morphemes as written in the text (surface forms, lowercased), masks kept whole.
 
-    ``"#Person1#은 전화했다."`` becomes ``["#person1#", "은", "전화", "했", "다"]``. Tokens with no letter or
-    digit (punctuation, symbols) are dropped, as the whitespace tokenizer drops them. The analyser is loaded
-    when the first instance is built (so a missing package fails at once, not after an epoch) and shared by
-    all instances of the process; instances hold no analyser and pickle freely (DDP, checkpoints).
+    ``"#Person1#은 전화했다."`` becomes ``["#person1#", "은", "전화", "했", "다"]``; tokens with no letter or digit
+    are dropped. The analyser is loaded by the first instance (a missing package fails at once, not after an epoch)
+    and shared by the process; instances hold none and pickle freely (DDP, checkpoints).
     """
 
     name = "mecab"
@@ -148,8 +128,7 @@ class MecabTokenizer(_MaskAwareTokenizer):
         _mecab()
 
     def split(self, text: str) -> list[str]:
-        forms = _mecab()(text)
-        return [form for form in (f.lower() for f in forms) if not _NON_WORD.fullmatch(form)]
+        return [form for form in (f.lower() for f in _mecab()(text)) if not _NON_WORD.fullmatch(form)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -165,9 +144,8 @@ def _kiwi() -> Any:
 class KiwiTokenizer(_MaskAwareTokenizer):
     """Kiwi morphemes (the analysed forms, so 했 becomes 하 + 었; lowercased), masks kept whole.
 
-    ``"#Person1#은 전화했다."`` becomes ``["#person1#", "은", "전화", "하", "었", "다"]``. Tokens with no letter
-    or digit are dropped. Needs the optional ``kiwipiepy`` package; the Kiwi model is loaded on first use
-    and shared by all instances.
+    ``"#Person1#은 전화했다."`` becomes ``["#person1#", "은", "전화", "하", "었", "다"]``; tokens with no letter or
+    digit are dropped. Needs the optional ``kiwipiepy``; its model is loaded on first use and shared by the process.
     """
 
     name = "kiwi"

@@ -6,13 +6,17 @@ The entry point wraps the CLI in :func:`report_faults`; ``DSUM_TRACEBACK=1`` sho
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dsum.infra.files import exception_chain
 from dsum.infra.secrets import redact_text
 
 TRACEBACK_ENV = "DSUM_TRACEBACK"
@@ -26,60 +30,38 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite (more often than ``divergence.max_nonfinite_steps`` allows)."""
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and every exception it was raised from or while handling, outermost first."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _raised_in_dsum(error: BaseException) -> bool:
     """Whether the innermost frame of ``error``'s traceback is dsum's own code (a check dsum makes)."""
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb.tb_frame.f_code.co_filename.startswith(_DSUM_DIR)
+    frames = list(traceback.walk_tb(error.__traceback__))
+    return bool(frames) and frames[-1][0].f_code.co_filename.startswith(_DSUM_DIR)
 
 
 def disk_error(error: BaseException) -> OSError | None:
     """The storage error (full disk, read-only, no permission, ...) behind ``error``, if any."""
-    return next((e for e in _chain(error) if isinstance(e, OSError) and e.errno in DISK_ERRNOS), None)
+    return next((e for e in exception_chain(error) if isinstance(e, OSError) and e.errno in DISK_ERRNOS), None)
 
 
 def fatal_message(error: BaseException) -> str | None:
     """One line (secrets masked) for a known fault behind ``error``, or None for anything else.
 
     - a diverged run (:class:`TrainingDiverged`, raised by :class:`dsum.callbacks.divergence.NonFiniteLossGuard`);
-    - a W&B server out of reach while ``WANDB_MODE=online`` was asked for (:class:`dsum.infra.tracking.WandbUnreachable`);
+    - a W&B server out of reach under ``WANDB_MODE=online`` (:class:`dsum.infra.tracking.WandbUnreachable`);
     - a write that failed for lack of space, a read-only filesystem or permissions: the path and the errno;
     - a ``ValueError``, ``TypeError``, ``FileNotFoundError`` or ``IsADirectoryError`` raised by one of dsum's own
       checks, however deeply jsonargparse wrapped it.
     """
     from dsum.infra.tracking import WandbUnreachable
 
-    chain = list(_chain(error))
-    line = None
-    for found in chain:
-        if isinstance(found, (TrainingDiverged, WandbUnreachable)):
-            line = f"dsum: {found}"
-            break
+    chain = list(exception_chain(error))
+    line = next((f"dsum: {e}" for e in chain if isinstance(e, (TrainingDiverged, WandbUnreachable))), None)
     if line is None and (disk := disk_error(error)) is not None:
-        where = disk.filename or "a file"
-        if disk.filename2:
-            where = f"{disk.filename} -> {disk.filename2}"
+        where = f"{disk.filename} -> {disk.filename2}" if disk.filename2 else disk.filename or "a file"
         line = f"dsum: cannot write {where}: [Errno {disk.errno}] {os.strerror(disk.errno)}"
         if disk.errno in (errno.ENOSPC, errno.EDQUOT):
             line += " (free some space or point trainer.default_root_dir elsewhere)"
-    if line is None:
-        own = [e for e in chain if isinstance(e, (ValueError, TypeError, FileNotFoundError, IsADirectoryError))
-               and _raised_in_dsum(e)]
-        if own:
-            line = f"dsum: {own[-1]}"
+    if line is None:  # the innermost of dsum's own checks
+        own = (ValueError, TypeError, FileNotFoundError, IsADirectoryError)
+        line = next((f"dsum: {e}" for e in reversed(chain) if isinstance(e, own) and _raised_in_dsum(e)), None)
     if line is None:
         return None
     line = redact_text(" ".join(line.split()))
@@ -97,8 +79,6 @@ def report_faults(exit_code: int = 1) -> Iterator[None]:
         if line is None:
             raise
         if os.environ.get(TRACEBACK_ENV) == "1":
-            import traceback
-
             traceback.print_exc()
         _quiet_wandb(exit_code)
         print(line, file=sys.stderr, flush=True)
@@ -110,11 +90,7 @@ def _quiet_wandb(exit_code: int) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is None or getattr(wandb, "run", None) is None:
         return
-    import contextlib
-    import io
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            wandb.finish(exit_code=exit_code)
-    except Exception:  # noqa: BLE001 (the disk may be full: nothing more to save)
-        pass
+    # The disk may be full: nothing more to save.
+    with (contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()),
+          contextlib.redirect_stderr(io.StringIO())):
+        wandb.finish(exit_code=exit_code)

@@ -1,14 +1,14 @@
 """Atomic file and directory writes: a crash never leaves a half-written file that later steps trust.
 
-Every write goes to a temporary name in the target's own directory (so the final rename never crosses a
-filesystem), is fsynced, then renamed over the target. Temporary names carry the writer's pid
-(``.<name>.<pid>.<random>.tmp``, ``.<name>.staging.<pid>.<random>``), so the next writer in that directory
-can tell a dead writer's leftovers (removed by :func:`remove_stale_temps`) from a live one's. Files and
-directories get the modes the umask gives (``tempfile`` alone would make them 0600/0700).
+Every write goes to a temporary name in the target's own directory (so the rename never crosses a filesystem), is
+fsynced, then renamed over the target. Temporary names carry the writer's pid, so the next writer can tell a dead
+writer's leftovers (:func:`remove_stale_temps`) from a live one's. Files and directories get the modes the umask
+gives (``tempfile`` alone would make them 0600/0700).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,14 +36,9 @@ def _temp_name(path: Path, kind: str = "") -> Path:
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path`` for writing; on a clean exit fsync it and rename it over
-    ``path``; on any error (a full disk included) remove it, leaving the previous ``path`` untouched.
-
-    Args:
-        path: The final file.
-        mode: ``"wb"`` or ``"w"``.
-        encoding: The text encoding (text mode only; default UTF-8).
-    """
+    """Open a temporary file beside ``path`` for writing (``mode`` ``"wb"`` or ``"w"``, text in ``encoding``, default
+    UTF-8); on a clean exit fsync it and rename it over ``path``; on any error (a full disk included) remove it,
+    leaving the previous ``path`` untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
@@ -56,42 +51,33 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_path(path.parent)
-    except Exception as error:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
-        cause = _unnamed_os_error(error)
-        if cause is not None:  # a write to a handle names no file (torch.save even wraps it): name the target
+        cause = next((e for e in exception_chain(error) if isinstance(e, OSError)), None)
+        if isinstance(error, Exception) and cause is not None and cause.filename is None and cause.errno is not None:
+            # A write to a handle names no file (torch.save even wraps it): name the target.
             raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from error
         raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
-def _unnamed_os_error(error: BaseException) -> OSError | None:
-    """The ``OSError`` without a file name behind ``error`` (itself, or what it was raised from/while handling)."""
+def exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception it was raised from or while handling, outermost first."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError):
-            return current if current.filename is None and current.errno is not None else None
+        yield current
         current = current.__cause__ or current.__context__
-    return None
 
 
 def _fsync_path(path: Path) -> None:
     """fsync a file, or a directory to persist a rename (best effort: not every filesystem lets one be opened)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -101,40 +87,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """``atomic_write_text`` for bytes."""
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
-    return Path(path)
-
-
 def check_writable(directory: str | Path, probe_bytes: int = 256 * 1024) -> Path:
     """Create ``directory`` and write (then remove) a ``probe_bytes`` file in it, so that a full or read-only
-    disk is reported at once, naming the path and the errno, before loggers start writing their own files.
-
-    Raises:
-        OSError: with ``filename`` set (ENOSPC, EROFS, EACCES, ...).
-    """
+    disk is reported at once, as an ``OSError`` naming the path and the errno, before loggers write their files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     probe = directory / ".dsum_write_check"
     try:
-        atomic_write_bytes(probe, b"\0" * probe_bytes)
+        with atomic_open(probe, "wb") as handle:
+            handle.write(b"\0" * probe_bytes)
     except OSError as error:
         if error.errno is None:
             raise
         raise OSError(error.errno, os.strerror(error.errno), str(directory)) from error
     finally:
-        try:
+        with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
-        except OSError:
-            pass
     return directory
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -145,16 +117,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[Path]:
-    """Remove what killed writers left in ``directory``: temporary files and staging directories of
-    writers whose process is gone (same machine), and old directories a swap did not get to delete.
-
-    Args:
-        directory: The directory to clean (missing: nothing to do).
-        name: Only the leftovers of this target name (default: every target).
-
-    Returns:
-        The paths removed.
-    """
+    """Remove what killed writers left in ``directory`` (only target ``name``'s leftovers when given): temporary
+    files and staging directories of writers whose process is gone (same machine), and old directories a swap did
+    not get to delete. Returns the paths removed; a missing directory has none."""
     directory = Path(directory)
     removed: list[Path] = []
     try:
@@ -171,10 +136,8 @@ def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[P
         if _OLD_DIR.match(entry.name):
             target = directory / match.group("name")
             if not target.exists():  # a swap killed half-way: this is the only copy left; put it back
-                try:
+                with contextlib.suppress(OSError):
                     os.replace(entry, target)
-                except OSError:
-                    pass
                 continue
         elif pid is None:
             # A staging name without a pid (older dsum): only when too old to be in use.
@@ -188,8 +151,6 @@ def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[P
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-        except FileNotFoundError:
-            continue
         except OSError:
             continue
         removed.append(entry)
@@ -206,11 +167,8 @@ def read_json(path: str | Path) -> Any:
 
 
 def atomic_write_dir(target: str | Path, fill: Callable[[Path], Any]) -> Path:
-    """Build a directory with `fill(tmp_dir)` beside `target`, then swap it into place.
-
-    Readers see either the old complete directory or the new complete one. The old one is moved
-    aside and deleted only after the new one is in place.
-    """
+    """Build a directory with `fill(tmp_dir)` beside `target`, then swap it into place: readers see either the old
+    complete directory or the new one (the old one is deleted only after the new one is in place)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target.parent, target.name)
@@ -218,13 +176,15 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], Any]) -> Path:
     staging.mkdir(mode=0o777)  # the umask applies
     try:
         fill(staging)
-        _fsync_tree(staging)
+        for root, _dirs, files in os.walk(staging):  # every file and directory durable before the swap
+            for file in files:
+                _fsync_path(Path(root) / file)
+            _fsync_path(Path(root))
         (staging / ".complete").write_text("ok\n")
         old = target.parent / f".{target.name}.old.{uuid.uuid4().hex[:8]}"
-        moved = False
-        if target.exists():
+        moved = target.exists()
+        if moved:
             os.replace(target, old)
-            moved = True
         try:
             os.replace(staging, target)
         except BaseException:
@@ -237,14 +197,6 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], Any]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def _fsync_tree(directory: Path) -> None:
-    """fsync every file under ``directory`` (and the directories), so the swap publishes durable data."""
-    for root, _dirs, files in os.walk(directory):
-        for file in files:
-            _fsync_path(Path(root) / file)
-        _fsync_path(Path(root))
 
 
 def is_complete_dir(path: str | Path) -> bool:

@@ -1,27 +1,16 @@
 """The ``dsum`` logger: library messages (notes, progress, warnings to the user), on global rank 0 only.
 
-``note("dsum: ...")`` and ``warn("warning: ...")`` write the message as it is, one plain line (``%(message)s``), to
-the current ``sys.stderr``, and only in the process of global rank 0: Lightning's ``rank_zero_only.rank`` (which a
-Trainer sets to its global rank), else the ``RANK`` / ``LOCAL_RANK`` / ``SLURM_PROCID`` environment variables, and
-``NODE_RANK`` 0 (``NODE_RANK=k main.py`` on node k: each node's first process has local rank 0). Processes that
-are never one rank of a training job (the sweep engine, its workers, ``score``, ``ensemble``) call
-:func:`every_rank` first, so ``srun -N2 dsum sweep local ...`` reports on both nodes.
+``note("dsum: ...")`` and ``warn("warning: ...")`` write the message as given, one plain line, to the current
+``sys.stderr``, in the process of global rank 0 only (:func:`global_rank`). Processes that are never one rank of a
+training job (the sweep engine, its workers, ``score``, ``ensemble``) call :func:`every_rank` first, so
+``srun -N2 dsum sweep local ...`` reports on both nodes. The logger does not propagate (a root handler would print
+each message twice) and ``logging.config.dictConfig`` does not silence it; add a handler to the ``dsum`` logger to
+send the messages elsewhere.
 
-The logger does not propagate: every message is printed once, as a plain line, whatever logging an application
-sets up (a root handler would print it a second time), and ``logging.config.dictConfig`` does not silence it. An
-application that wants the messages elsewhere adds its handler to the ``dsum`` logger (or sets ``propagate``).
-
-Which call for which message:
-
-- **A command's output** (the JSON of ``score``, tables, paths and one line per finished trial that scripts and
-  people read on stdout): ``print``, unchanged. **A command's fatal one-line error**: ``SystemExit(message)`` or
-  its ``print`` to stderr just before exiting, on every rank (a rank that fails says so).
-- **Code that runs inside a Lightning Trainer** (callbacks, models, the datamodule, ``dsum.cli``, tracking set-up at
-  trainer start): Lightning's ``rank_zero_info`` / ``rank_zero_warn``. Their info joins Lightning's own log and their
-  warnings are Python warnings, which users filter and tests catch as Lightning's are.
-- **Everything else** (the sweep engine and workers, the registry, the scoring tools, the data readers, tiny-model
-  builders): :func:`note` and :func:`warn` here. Warnings of a specific category that callers filter or test
-  (``warnings.warn(..., SweepSpecWarning)``) stay Python warnings.
+Which call for which message: a command's output (``score``'s JSON, tables, paths) is ``print``; a command's fatal
+error is ``SystemExit(message)``; code inside a Lightning Trainer (callbacks, models, the datamodule, ``dsum.cli``)
+uses Lightning's ``rank_zero_info`` / ``rank_zero_warn``; everything else (sweeps, the registry, the scoring tools,
+the data readers) uses :func:`note` and :func:`warn`, except warnings of a category that callers filter or test.
 """
 
 from __future__ import annotations
@@ -34,14 +23,13 @@ from typing import TextIO
 from lightning_utilities.core.rank_zero import rank_zero_only
 
 NAME = "dsum"
-FORMAT = "%(message)s"
 # Lightning's order (lightning.fabric.utilities.rank_zero._get_rank), for processes where no Trainer set the rank.
 RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
 def global_rank() -> int:
-    """This process's global rank: Lightning's ``rank_zero_only.rank`` when set, else the first of :data:`RANK_ENV`
-    that is set (0 if none), and not 0 on a node other than ``NODE_RANK`` 0."""
+    """This process's global rank: Lightning's ``rank_zero_only.rank`` (a Trainer sets it) when set, else the first of
+    :data:`RANK_ENV` that is set (0 if none), and not 0 on a node other than ``NODE_RANK`` 0."""
     rank = getattr(rank_zero_only, "rank", None)
     if rank is None:
         rank = int(next((os.environ[key] for key in RANK_ENV if os.environ.get(key)), 0))
@@ -60,16 +48,14 @@ def every_rank() -> None:
 
 
 class RankZeroFilter(logging.Filter):
-    """Let records through only on global rank 0 (:func:`global_rank`), decided when each record is made, unless
-    :func:`every_rank` was called."""
+    """Let records through only on global rank 0 (decided per record), unless :func:`every_rank` was called."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return _EVERY_RANK or global_rank() == 0
 
 
 class StderrHandler(logging.StreamHandler):
-    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted (a redirected or
-    captured stderr too), and flushes after each line."""
+    """A stream handler that writes to (and flushes) whatever ``sys.stderr`` is when a record is emitted."""
 
     @property
     def stream(self) -> TextIO:  # type: ignore[override]
@@ -87,9 +73,7 @@ def get_logger() -> logging.Logger:
     if not any(isinstance(f, RankZeroFilter) for f in logger.filters):
         logger.addFilter(RankZeroFilter())
     if not any(isinstance(h, StderrHandler) for h in logger.handlers):
-        handler = StderrHandler()
-        handler.setFormatter(logging.Formatter(FORMAT))
-        logger.addHandler(handler)
+        logger.addHandler(StderrHandler())  # the default format: the message alone
         logger.propagate = False
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)

@@ -16,11 +16,8 @@ SPECIAL_CKPT_PATHS = ("best", "hpc", "registry")
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    """``trainer.default_root_dir`` must be a directory (or creatable as one) whose name the file system takes.
-
-    Raises:
-        ValueError: it is an existing file, or a path the file system refuses (too long a name, a file on the way).
-    """
+    """``trainer.default_root_dir`` must be a directory (or creatable as one) whose name the file system takes;
+    otherwise a ``ValueError`` says why."""
     path = Path(run_dir)
     try:
         if path.exists() and not path.is_dir():
@@ -33,12 +30,8 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> Path | None:
-    """The checkpoint file ``--ckpt_path`` names: ``last`` is ``<run dir>/checkpoints/last.ckpt``.
-
-    Raises:
-        FileNotFoundError: ``last`` with no checkpoint in the run directory, or a file that does not exist.
-            Lightning would only warn and train from scratch.
-    """
+    """The checkpoint file ``--ckpt_path`` names (``last``: ``<run dir>/checkpoints/last.ckpt``). A missing file
+    raises ``FileNotFoundError``, where Lightning would only warn and train from scratch."""
     if not ckpt_path or ckpt_path in SPECIAL_CKPT_PATHS:
         return None
     if ckpt_path == "last":
@@ -55,11 +48,8 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> Path | None
 
 def check_checkpoint_fits(checkpoint: Path, model: torch.nn.Module) -> None:
     """Every tensor of ``checkpoint``'s ``state_dict`` must exist in ``model`` with the same shape (a model may
-    hold more, e.g. a frozen base that LoRA checkpoints leave out). Read memory-mapped: nothing is copied.
-
-    Raises:
-        ValueError: the checkpoint is of another model family, size or LoRA rank; names a differing tensor.
-    """
+    hold more, e.g. a frozen base that LoRA checkpoints leave out), else a ``ValueError`` names a differing tensor.
+    Read memory-mapped: nothing is copied."""
     try:
         state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get("state_dict", {})
     except Exception as error:  # noqa: BLE001 (a truncated or foreign file: say which)
@@ -80,11 +70,8 @@ def check_checkpoint_fits(checkpoint: Path, model: torch.nn.Module) -> None:
 
 
 def check_output_file(path: str | Path) -> Path:
-    """``path`` can be written (its directory is created): checked before any work whose result it holds.
-
-    Raises:
-        OSError: with the path and errno (read-only, no permission, full disk, a directory of that name).
-    """
+    """``path`` can be written (its directory is created), else an ``OSError`` with the path and errno: checked
+    before any work whose result it holds."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))

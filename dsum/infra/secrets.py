@@ -13,6 +13,8 @@ SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|secret|password|passwd|credential
 # Environment variables whose values must never be written out, even when passed as overrides.
 SECRET_ENV_PATTERN = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 MIN_SECRET_LENGTH = 6
+# `--x.api_key=...`, `password: ...`: the value after a secret-looking name.
+_SECRET_ASSIGNMENT = re.compile(r"((?:api[_-]?key|secret|password)\s*[=:]\s*)(\S+)", re.IGNORECASE)
 
 
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
@@ -26,12 +28,7 @@ def redact_text(text: str, secrets: list[str] | None = None) -> str:
     """`text` with every known secret value replaced, and `--x.api_key=...` style values masked."""
     for value in secret_values() if secrets is None else secrets:
         text = text.replace(value, REDACTED)
-    return re.sub(
-        r"((?:api[_-]?key|secret|password)\s*[=:]\s*)(\S+)",
-        lambda m: m.group(1) + REDACTED,
-        text,
-        flags=re.IGNORECASE,
-    )
+    return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 def redact(data: Any, secrets: list[str] | None = None) -> Any:
@@ -61,7 +58,9 @@ def secret_env_names(value: str, environ: dict[str, str] | None = None) -> list[
                   if SECRET_ENV_PATTERN.search(k) and len(v) >= MIN_SECRET_LENGTH and v in value)
 
 
-def find_secret_values(data: Any, environ: dict[str, str] | None = None, where: str = "") -> list[tuple[str, list[str]]]:
+def find_secret_values(
+    data: Any, environ: dict[str, str] | None = None, where: str = ""
+) -> list[tuple[str, list[str]]]:
     """Where a JSON-like structure holds a known secret value: ``(dotted key path, [environment variable names])``
     for every string (key or value) that contains one."""
     found: list[tuple[str, list[str]]] = []
@@ -80,14 +79,9 @@ def find_secret_values(data: Any, environ: dict[str, str] | None = None, where: 
 
 
 def refuse_secret_values(data: Any, source: str, environ: dict[str, str] | None = None) -> None:
-    """Refuse a sweep config (or any settings that W&B, Optuna or a log would store as given) holding the value
-    of a secret environment variable: those libraries write values raw (Optuna's journal, W&B's sweep config
-    and run files), so masking after the fact cannot work. The error names the key and the variable, never
-    the value.
-
-    Raises:
-        SecretValueError: naming ``source``, each key path and the environment variable(s) it matches.
-    """
+    """Refuse a sweep config (or any settings that W&B, Optuna or a log would store as given) holding the value of a
+    secret environment variable (those libraries write values raw): a ``SecretValueError`` names ``source``, each
+    key path and the environment variable(s) it matches, never the value."""
     found = find_secret_values(data, environ)
     if found:
         places = "; ".join(f"{path} holds the value of ${' / $'.join(names)}" for path, names in found)

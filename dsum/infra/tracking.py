@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import netrc
 import os
 from collections.abc import Callable
@@ -32,10 +33,8 @@ def wandb_base_url(environ: dict[str, str] | None = None) -> str:
         return env["WANDB_BASE_URL"]
     settings = Path(env.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb") / "settings"
     parser = configparser.ConfigParser()
-    try:
+    with contextlib.suppress(configparser.Error, OSError):
         parser.read(settings, encoding="utf-8")
-    except (configparser.Error, OSError):
-        pass
     return parser.get("default", "base_url", fallback="https://api.wandb.ai")
 
 
@@ -90,31 +89,18 @@ def ensure_wandb_mode(environ: dict[str, str] | None = None,
                       probe: Callable[[str, float], str | None] = server_unreachable) -> str:
     """Pick the W&B mode before any logger starts, so a run never prompts, hangs or crashes for W&B.
 
-    - An explicit ``WANDB_MODE`` other than ``online`` is kept.
-    - Without credentials the run goes offline and says so in one line.
-    - With credentials, the server must answer within ``DSUM_WANDB_INIT_TIMEOUT`` seconds (default 30);
-      otherwise the run goes offline, saying so and how to ``wandb sync`` later. W&B's own init timeout is
-      set to the same value.
-    - ``WANDB_MODE=online`` asks for online logging only: an unreachable server raises
-      :class:`WandbUnreachable` at once instead.
-
-    The mode is written to the environment, so DDP workers and trial processes inherit it.
-
-    Args:
-        environ: The environment to read and update (default ``os.environ``).
-        probe: ``probe(url, timeout)`` -> why the server is unreachable, or None (tests replace it).
+    An explicit ``WANDB_MODE`` other than ``online`` is kept. Otherwise the run goes offline, saying so in one line,
+    without credentials or when the server does not answer within ``DSUM_WANDB_INIT_TIMEOUT`` seconds (also W&B's
+    own init timeout); ``WANDB_MODE=online`` raises :class:`WandbUnreachable` instead. The mode is written to
+    ``environ`` (default ``os.environ``), so DDP workers and trial processes inherit it. ``probe(url, timeout)`` says
+    why the server is unreachable, or None (tests replace it).
     """
     env = os.environ if environ is None else environ
     mode = env.get("WANDB_MODE")
     if mode and mode != "online":
         return mode
     if not mode and not has_wandb_credentials(env):
-        env["WANDB_MODE"] = "offline"
-        rank_zero_info(
-            "dsum: no W&B credentials (WANDB_API_KEY or `wandb login`); logging offline. "
-            "Upload later with `wandb sync <run dir>/wandb/offline-run-*`."
-        )
-        return "offline"
+        return _go_offline(env, "no W&B credentials (WANDB_API_KEY or `wandb login`)")
     timeout = init_timeout(env)
     env.setdefault("WANDB_INIT_TIMEOUT", str(timeout))
     url = wandb_base_url(env)
@@ -126,11 +112,12 @@ def ensure_wandb_mode(environ: dict[str, str] | None = None,
             f"W&B server {url} unreachable ({reason}) and WANDB_MODE=online asks for online logging only; "
             f"fix the connection, or unset WANDB_MODE to log offline and `wandb sync` later"
         )
+    return _go_offline(env, f"W&B server {url} unreachable ({reason}) within {timeout:g}s")
+
+
+def _go_offline(env: dict[str, str], why: str) -> str:
     env["WANDB_MODE"] = "offline"
-    rank_zero_info(
-        f"dsum: W&B server {url} unreachable ({reason}) within {timeout:g}s; logging offline. "
-        "Upload later with `wandb sync <run dir>/wandb/offline-run-*`."
-    )
+    rank_zero_info(f"dsum: {why}; logging offline. Upload later with `wandb sync <run dir>/wandb/offline-run-*`.")
     return "offline"
 
 
@@ -162,10 +149,8 @@ class OfflineFallbackWandbLogger(WandbLogger):
 
 def default_wandb_logger(run_dir: str | Path, run_id: str | None, resume: bool) -> WandbLogger:
     """The default logger: W&B, files under the run directory, no model uploads; offline (saying so) when the
-    server cannot start the run (:class:`OfflineFallbackWandbLogger`).
-
-    Project and entity come from ``WANDB_PROJECT`` / ``WANDB_ENTITY`` (project default ``dsum``);
-    set ``trainer.logger`` in a config to choose them there instead.
+    server cannot start the run (:class:`OfflineFallbackWandbLogger`). Project and entity come from
+    ``WANDB_PROJECT`` / ``WANDB_ENTITY`` (project default ``dsum``), or set ``trainer.logger`` in a config.
     """
     # A full or read-only run directory fails here, in one line, not in W&B's own writers (which would log
     # pages of errors, or quietly write to a temporary directory outside the run).

@@ -61,18 +61,16 @@ class GenerationSettings:
         """Arguments for ``model.generate``; sampling knobs only when sampling, so HF does not warn."""
         kwargs = asdict(self)
         if not self.do_sample:
-            kwargs.pop("top_p")
-            kwargs.pop("temperature")
+            del kwargs["top_p"], kwargs["temperature"]
         if self.num_beams == 1:
-            kwargs.pop("early_stopping")
-            kwargs.pop("length_penalty")
+            del kwargs["early_stopping"], kwargs["length_penalty"]
         return kwargs
 
 
 @dataclass(frozen=True)
 class InputLayout:
-    """What the data module feeds the model: set by ``main.py`` from the ``data.*`` options (a LightningCLI link),
-    so the model checks its limits when it is built, before any data is read.
+    """What the data module feeds the model, linked from ``data.*`` by ``main.py``: the model checks its limits when
+    it is built, before any data is read.
 
     Args:
         encoder_max_len: Longest dialogue in tokens (``data.encoder_max_len``).
@@ -88,14 +86,8 @@ class InputLayout:
 
 
 class EvalMetrics(torch.nn.Module):
-    """One evaluation stage's metrics: ``loss`` (per summary token), ``gen_len`` (generated tokens per
-    example), ``rouge`` (:class:`~dsum.eval.metrics.KoreanRouge`) and ``fidelity`` (mask precision, recall, F1 and
-    length ratio: :mod:`dsum.eval.fidelity`), each de-duplicated by dataset index.
-
-    Args:
-        rouge_tokenizer: ROUGE tokenizer name (``mecab``, ``kiwi`` or ``whitespace``).
-        rouge_references: ``mean`` or ``max`` over an example's references, per ROUGE type.
-    """
+    """One evaluation stage's metrics, each de-duplicated by dataset index: ``loss`` (per summary token), ``gen_len``
+    (generated tokens per example), ``rouge`` and ``fidelity`` (:mod:`dsum.eval.fidelity`)."""
 
     def __init__(self, rouge_tokenizer: str, rouge_references: str = "mean") -> None:
         super().__init__()
@@ -105,8 +97,7 @@ class EvalMetrics(torch.nn.Module):
         self.fidelity = FidelityMetrics()
 
     def compute(self) -> dict[str, float]:
-        """``loss``, ``rouge1``, ``rouge2``, ``rougeL``, ``rouge_mean``, ``gen_len``, ``mask_precision``,
-        ``mask_recall``, ``mask_f1`` and ``length_ratio``, synced across ranks."""
+        """Loss, ROUGE, ``gen_len`` and the fidelity metrics, synced across ranks."""
         scores = self.rouge.compute()
         return {"loss": self.loss.compute(), **{k: float(scores[k]) for k in ROUGE_KEYS},
                 "gen_len": self.gen_len.compute(), **self.fidelity.compute()}
@@ -121,8 +112,8 @@ class SummarizerBase(L.LightningModule, ABC):
 
     Args:
         pretrained: Hugging Face id or local directory of the model (and its tokenizer).
-        tokenizer: The data module's tokenizer, with the data's masks added (``main.py`` links it).
-            ``None`` loads the tokenizer saved with ``pretrained``.
+        tokenizer: The data module's tokenizer with the data's masks (linked by ``main.py``); ``None`` loads
+            ``pretrained``'s.
         optimizer: ``adamw`` (torch AdamW) or ``adafactor`` (fixed learning rate, no relative step).
         learning_rate: Peak learning rate.
         weight_decay: Decoupled weight decay (not applied to biases and norms).
@@ -135,20 +126,19 @@ class SummarizerBase(L.LightningModule, ABC):
             morphemes; ``morpheme`` is its former name) or ``whitespace`` (Unicode words); masks are one token.
         rouge_references: With several references per example: ``mean`` (the organizers' rule) or ``max``.
         postprocess: Clean-ups of every generated summary (mask spacing, repeats, an unfinished last sentence).
-        remove_tokens: Strings removed from generated summaries besides the special tokens
-            (e.g. ``<usr>``); masks such as ``#Person1#`` are always kept.
+        remove_tokens: Strings removed from generated summaries besides the special tokens (e.g. ``<usr>``); masks
+            such as ``#Person1#`` are always kept.
         trust_remote_code: Allow a hub model to run its own code. Off unless a config opts in.
-        input_layout: The data's lengths and affixes (linked from ``data.*`` by ``main.py``; pass it yourself
-            when building the model in code). ``None`` skips the checks that need it.
-        compile: ``torch.compile`` every transformer layer (dynamic shapes, so length-grouped batches do not
-            recompile each step). Each process pays the compile time once; off by default (see
-            ``tests/benchmarks/README.md`` for when it pays).
-        attn_implementation: Attention kernels passed to ``from_pretrained``: ``sdpa``, ``eager`` or
-            ``flash_attention_2`` (CUDA, needs ``flash-attn``); ``None`` keeps transformers' choice (``sdpa``
-            where the model supports it).
+        input_layout: The data's lengths and affixes (linked from ``data.*`` by ``main.py``); ``None`` skips the
+            checks that need it.
+        compile: ``torch.compile`` every transformer layer (dynamic shapes), once per process; see
+            ``tests/benchmarks/README.md`` for when it pays.
+        attn_implementation: Attention kernels for ``from_pretrained``: ``sdpa``, ``eager`` or ``flash_attention_2``
+            (CUDA, needs ``flash-attn``); ``None`` keeps transformers' choice.
     """
 
     decoder_only = False
+    auto_class: type | None = None  # the family's ``AutoModelFor...`` class (or override load_model)
 
     def __init__(
         self,
@@ -175,8 +165,7 @@ class SummarizerBase(L.LightningModule, ABC):
         self._check_settings(learning_rate, weight_decay, warmup_ratio, label_smoothing, generation)
         self.save_hyperparameters(ignore=["tokenizer", "input_layout"])
         # hparams go into checkpoints and logger configs: never with a credential in them.
-        for key, value in list(self.hparams.items()):
-            self.hparams[key] = redact(value)
+        self.hparams.update({key: redact(value) for key, value in self.hparams.items()})
         self._hparams_initial = copy.deepcopy(self._hparams)  # what Lightning logs to W&B
         self.tokenizer: PreTrainedTokenizerBase = tokenizer or AutoTokenizer.from_pretrained(
             pretrained, trust_remote_code=trust_remote_code
@@ -188,7 +177,6 @@ class SummarizerBase(L.LightningModule, ABC):
         self.input_layout = input_layout  # saved with exports (dsum_inference.json)
         if input_layout is not None:
             self.check_layout(input_layout)
-        # Evaluation metrics per stage; each counts an example once, also when DDP repeats it on two ranks.
         self.val_metrics = EvalMetrics(rouge_tokenizer, rouge_references)
         self.test_metrics = EvalMetrics(rouge_tokenizer, rouge_references)
         self.postprocess = postprocess
@@ -219,7 +207,6 @@ class SummarizerBase(L.LightningModule, ABC):
         # from_pretrained returns eval mode; Lightning keeps module modes, so dropout would stay off.
         self.model = self.load_model(self._pretrained, self._trust_remote_code).train()
         if self.model.get_input_embeddings().num_embeddings < len(self.tokenizer):
-            # The data's masks were added to the tokenizer; give them embedding rows.
             self.model.resize_token_embeddings(len(self.tokenizer))
         self.model.generation_config = self.generation_config()
 
@@ -228,28 +215,26 @@ class SummarizerBase(L.LightningModule, ABC):
         return self.model.config
 
     # ------------------------------------------------------------------------- family specifics
-    @abstractmethod
     def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
         """Load the family's Hugging Face model."""
+        if self.auto_class is None:
+            raise NotImplementedError(f"{type(self).__name__} sets no auto_class and does not override load_model")
+        return self.auto_class.from_pretrained(pretrained, trust_remote_code=trust_remote_code,
+                                               **self.loading_kwargs())
 
     @abstractmethod
     def logits_and_labels(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the aligned labels for one batch: either ``(positions, vocab)`` logits computed only at
-        labelled positions (see :func:`dsum.models.heads.output_head_only_at`) with their labels, or
-        ``(batch, length, vocab)`` logits with labels that are -100 where there is no loss."""
+        """Logits and aligned labels for one batch: ``(positions, vocab)`` at labelled positions only
+        (:func:`dsum.models.heads.output_head_only_at`), or ``(batch, length, vocab)`` with -100 labels."""
 
     @abstractmethod
     def generate_ids(self, batch: dict[str, Any]) -> torch.Tensor:
         """Generated summary token ids (continuation only, padded with the pad id) for one batch."""
 
     def loading_kwargs(self) -> dict[str, Any]:
-        """Extra ``from_pretrained`` arguments of this run's settings: float32 weights, and ``attn_implementation``
-        when set.
-
-        Every weight is trained, so every weight is loaded in float32, whatever dtype the checkpoint was saved in
-        (transformers 5 would keep a bf16/fp16 checkpoint's): mixed precision casts the computation, the optimizer
-        needs float32 weights (a bf16 weight rounds small updates away; fp16 gradients cannot be unscaled).
-        """
+        """Extra ``from_pretrained`` arguments: ``attn_implementation`` when set, and float32 weights whatever the
+        checkpoint's dtype, since every weight is trained (a bf16 weight rounds small updates away; fp16 gradients
+        cannot be unscaled); mixed precision casts the computation."""
         attention = self.hparams.get("attn_implementation")
         return {"dtype": torch.float32, **({"attn_implementation": attention} if attention else {})}
 
@@ -269,22 +254,16 @@ class SummarizerBase(L.LightningModule, ABC):
 
     # ------------------------------------------------------------------------------ checks
     def check_layout(self, layout: InputLayout) -> None:
-        """Refuse lengths the model's positions cannot hold (for decoder-only models: prompt plus summary in
-        training, prompt plus ``generation.max_new_tokens`` in generation).
-
-        Raises:
-            ValueError: the longest input does not fit, naming the options to lower.
-        """
-        limit = self.position_limit()
-        if limit is None:
-            return
+        """Raise ValueError, naming the options to lower, for lengths the model's positions cannot hold (decoder-only:
+        prompt plus the longer of the summary and ``generation.max_new_tokens``)."""
         length, what = layout.encoder_max_len, f"data.encoder_max_len={layout.encoder_max_len}"
         if self.decoder_only:
             summary = max(layout.decoder_max_len, self.generation.max_new_tokens)
             what += (f" + data.decoder_max_len={layout.decoder_max_len}" if summary == layout.decoder_max_len
                      else f" + model.generation.max_new_tokens={self.generation.max_new_tokens}")
             length += summary
-        if length > limit:
+        limit = self.position_limit()
+        if limit is not None and length > limit:
             raise ValueError(f"{what} exceeds the model's position limit {limit} ({self.hparams.pretrained}); lower it")
 
     def position_limit(self) -> int | None:
@@ -311,29 +290,25 @@ class SummarizerBase(L.LightningModule, ABC):
         # checkpoint's config names another id (a GPT-2 config's 50256 under a Korean tokenizer).
         configured = config.eos_token_id
         stops = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in stops:
-            stops.append(self.tokenizer.eos_token_id)
+        stops = list(dict.fromkeys(stops + self.stop_ids()))
         config.eos_token_id = stops[0] if len(stops) == 1 else (stops or None)
         return config
 
+    def stop_ids(self) -> list[int]:
+        """Token ids generation stops at besides the config's: the tokenizer's eos."""
+        return [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """The training objective (fp32, label smoothing, -100 ignored), ``mean`` or per label (``none``)."""
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=-100,
-            label_smoothing=self.hparams.label_smoothing,
-            reduction=reduction,
-        )
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
+                               label_smoothing=self.hparams.label_smoothing, reduction=reduction)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         return self._cross_entropy(*self.logits_and_labels(batch))
 
     def example_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per example: the summed token losses (as in :meth:`loss`) and the number of summary tokens.
-
-        ``totals.sum() / counts.sum()`` equals :meth:`loss` of the batch.
-        """
+        """Per example: the summed token losses and the number of summary tokens (``totals.sum() / counts.sum()``
+        is :meth:`loss`)."""
         logits, labels = self.logits_and_labels(batch)
         token_losses = self._cross_entropy(logits, labels, reduction="none")
         counts = (batch["labels"] != -100).sum(dim=1)
@@ -355,8 +330,7 @@ class SummarizerBase(L.LightningModule, ABC):
         """Generated ids to clean summaries: special tokens and `remove_tokens` gone, masks kept, then
         ``postprocess`` applied."""
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
-        drop = [t for t in self.tokenizer.all_special_tokens if not re.fullmatch(r"#\w+#", t)]
-        drop += self.remove_tokens
+        drop = [t for t in self.tokenizer.all_special_tokens if not re.fullmatch(r"#\w+#", t)] + self.remove_tokens
         cleaned = []
         for text in texts:
             for token in drop:
@@ -377,7 +351,6 @@ class SummarizerBase(L.LightningModule, ABC):
     def _log_eval(self, prefix: str, metrics: EvalMetrics) -> dict[str, float]:
         values = {f"{prefix}/{name}": value for name, value in metrics.compute().items()}
         metrics.reset()
-        # Already synced across ranks by the metrics: every rank logs the same number.
         for name, value in values.items():
             self.log(name, value, prog_bar=name.endswith("rouge_mean"))
         return values
@@ -429,8 +402,7 @@ class SummarizerBase(L.LightningModule, ABC):
         if hp.optimizer == "adafactor":
             return Adafactor(groups, lr=hp.learning_rate, scale_parameter=False, relative_step=False,
                              warmup_init=False)
-        try:
-            # The fused kernel (CPU and CUDA) does the whole update in one pass: HF v5's default too.
+        try:  # the fused kernel (CPU and CUDA) does the whole update in one pass
             return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=self._can_fuse_optimizer())
         except (RuntimeError, ValueError):
             return torch.optim.AdamW(groups, lr=hp.learning_rate)
@@ -442,27 +414,22 @@ class SummarizerBase(L.LightningModule, ABC):
         groups = [{k: v for k, v in group.items() if k != "names"} for group in self.parameter_groups()]
         optimizer = self.build_optimizer(groups)
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = get_scheduler(
-            "constant_with_warmup" if hp.lr_scheduler == "constant" else hp.lr_scheduler,
-            optimizer,
-            num_warmup_steps=int(hp.warmup_ratio * total),
-            num_training_steps=total,
-            scheduler_specific_kwargs={"num_cycles": hp.num_cycles} if hp.lr_scheduler == "cosine_with_restarts" else None,
-        )
+        restarts = {"num_cycles": hp.num_cycles} if hp.lr_scheduler == "cosine_with_restarts" else None
+        scheduler = get_scheduler("constant_with_warmup" if hp.lr_scheduler == "constant" else hp.lr_scheduler,
+                                  optimizer, num_warmup_steps=int(hp.warmup_ratio * total), num_training_steps=total,
+                                  scheduler_specific_kwargs=restarts)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _can_fuse_optimizer(self) -> bool:
         """False when Lightning clips gradients under mixed precision: it unscales them before clipping and
         refuses an optimizer that unscales on its own, as fused AdamW does."""
         trainer = self._trainer
-        if trainer is None or not trainer.gradient_clip_val:
-            return True
-        return not isinstance(trainer.precision_plugin, MixedPrecision)
+        clips = trainer is not None and bool(trainer.gradient_clip_val)
+        return not (clips and isinstance(trainer.precision_plugin, MixedPrecision))
 
     # ----------------------------------------------------------------------------------- export
     def export(self, directory: str | Path) -> Path:
-        """Save model, tokenizer and generation config with ``save_pretrained`` into ``directory``, and the
-        inference settings (``dsum_inference.json``)."""
+        """Save model, tokenizer, generation config and inference settings (``dsum_inference.json``) to a directory."""
         directory = Path(directory)
         self.model.generation_config = self.generation_config()
         self.model.save_pretrained(directory)
@@ -472,18 +439,14 @@ class SummarizerBase(L.LightningModule, ABC):
 
 
 def compile_layers(model: torch.nn.Module) -> int:
-    """``torch.compile(dynamic=True)`` every layer of ``model``'s layer stacks, in place; returns how many.
-
-    A layer stack is a ``ModuleList`` of modules of one class (BART's ``layers``, GPT-2's ``h``, T5's
-    ``block``). Layers of one class share their compiled code, so the compile time is that of one encoder
-    and one decoder layer, and the parts that do not compile well (the gathered output head, generation's
-    Python loop) stay eager.
-    """
+    """``torch.compile(dynamic=True)`` every layer of ``model``'s layer stacks (``ModuleList``s of one class: BART's
+    ``layers``, GPT-2's ``h``), in place; returns how many. Layers of one class share their compiled code; the parts
+    that do not compile well (the gathered output head, generation's Python loop) stay eager."""
     count = 0
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
             for layer in module:
-                if any(True for _ in layer.parameters()):
+                if next(layer.parameters(), None) is not None:
                     layer.compile(dynamic=True)
                     count += 1
     return count

@@ -12,22 +12,15 @@ from transformers import PreTrainedModel
 
 @contextmanager
 def output_head_only_at(model: PreTrainedModel, keep: torch.Tensor) -> Iterator[bool]:
-    """Inside the block, ``model``'s output head (the LM head) runs only where ``keep`` is True.
+    """Inside the block, ``model``'s output head (``get_output_embeddings()``) runs only where ``keep`` is True.
 
-    A forward pre-hook gathers the head's input, hidden states of shape ``keep.shape + (d_model,)``,
-    to ``(keep.sum(), d_model)``, so the model returns logits of shape ``(keep.sum(), vocab)`` in
-    row-major order, aligned with ``labels[keep]``. Padded summary positions, and a decoder-only
-    model's prompt positions, then cost no vocabulary projection, no softmax and no gradient through
-    either. Biases the model adds after the head (BART's ``final_logits_bias``, shape ``(1, vocab)``)
-    broadcast as before. The weights, the state dict and everything outside the block are unchanged.
-
-    Args:
-        model: A Hugging Face model whose ``get_output_embeddings()`` is its output head.
-        keep: Boolean mask over the head's input positions, ``(batch, length)``.
+    A forward pre-hook gathers the head's input from ``keep.shape + (d_model,)`` to ``(keep.sum(), d_model)``, so
+    the logits are ``(keep.sum(), vocab)`` in row-major order, aligned with ``labels[keep]``: padding and prompt
+    positions cost no vocabulary projection. Biases added after the head (BART's ``final_logits_bias``) broadcast as
+    before; nothing outside the block changes.
 
     Yields:
-        True when the head is gathered; False when the model has no output-embeddings module, in
-        which case the logits keep their full ``(batch, length, vocab)`` shape.
+        True when the head is gathered; False when the model has no output head (full-shape logits then).
     """
     head = model.get_output_embeddings()
     if head is None:
@@ -37,10 +30,8 @@ def output_head_only_at(model: PreTrainedModel, keep: torch.Tensor) -> Iterator[
     def gather(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         if not args or tuple(args[0].shape[:-1]) != tuple(keep.shape):
             got = tuple(args[0].shape) if args else "keyword arguments"
-            raise RuntimeError(
-                f"{type(model).__name__}: expected output-head input of shape {tuple(keep.shape)} + (hidden,), "
-                f"got {got}"
-            )
+            raise RuntimeError(f"{type(model).__name__}: expected output-head input of shape {tuple(keep.shape)} "
+                               f"+ (hidden,), got {got}")
         return (args[0][keep], *args[1:])
 
     handle = head.register_forward_pre_hook(gather)
@@ -54,8 +45,6 @@ def check_gathered(logits: torch.Tensor, keep: torch.Tensor, model: PreTrainedMo
     """``logits`` after :func:`output_head_only_at`; raises if the model reshaped them afterwards."""
     expected = int(keep.sum())
     if logits.ndim != 2 or logits.shape[0] != expected:
-        raise RuntimeError(
-            f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} from a gathered output head; "
-            f"expected ({expected}, vocab)"
-        )
+        raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} from a gathered "
+                           f"output head; expected ({expected}, vocab)")
     return logits

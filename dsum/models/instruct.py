@@ -15,20 +15,17 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from dsum.data.prompts import saved_template, stop_token_ids
 from dsum.data.text import MASK_PATTERN
 from dsum.eval.inference_settings import save_inference_settings
-from dsum.models.base import InputLayout, SummarizerBase
 from dsum.models.causal import CausalLMSummarizer
 
 Quantization = Literal["nf4", "fp4", "int8"]
 ComputeDtype = Literal["bfloat16", "float16", "float32"]
 InstructOptimizer = Literal["adamw", "adafactor", "paged_adamw_8bit"]
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PROMPT_FILE = "prompt_template.json"
 MERGED_DIR = "merged"
 
 
@@ -40,16 +37,13 @@ class LoraSettings:
         r: Rank of the update matrices.
         alpha: Scaling numerator (``lora_alpha``); the update is scaled by ``alpha / r``.
         dropout: Dropout on the adapter's input.
-        target_modules: Module names to adapt, or ``all-linear``: every linear projection (q/k/v/o,
-            gate/up/down) except the output head.
+        target_modules: Module names to adapt, or ``all-linear``: every linear projection except the output head.
         bias: Train no biases (``none``), all (``all``) or the adapted layers' (``lora_only``).
         use_dora: DoRA: weight-decomposed LoRA (a learned magnitude per output; slower per step).
         use_rslora: rsLoRA: scale the update by ``alpha / sqrt(r)`` instead of ``alpha / r`` (stable at high ranks).
-        init: Initialisation of the adapter: ``default`` (B = 0), ``gaussian``, ``pissa`` (principal singular
-            vectors of each weight), ``olora`` (QR of each weight), or ``loftq`` (fits the quantization error of
-            an unquantized base; peft's LoftQ).
-        plus_lr_ratio: LoRA+: the B matrices learn this many times faster than ``model.learning_rate``
-            (the paper suggests 16); ``null`` trains A and B alike.
+        init: Initialisation of the adapter: ``default`` (B = 0), ``gaussian``, ``pissa`` (principal singular vectors
+            of each weight), ``olora`` (QR of each weight), or ``loftq`` (peft's LoftQ, on an unquantized base).
+        plus_lr_ratio: LoRA+: the B matrices learn this many times faster (the paper suggests 16); ``null``: alike.
     """
 
     r: int = 16
@@ -64,11 +58,8 @@ class LoraSettings:
 
 
 def check_lora(lora: LoraSettings | None) -> None:
-    """Refuse LoRA settings peft would reject deep inside (``r``) or accept silently (a negative ``alpha``).
-
-    Raises:
-        ValueError: naming the key and its value.
-    """
+    """Raise ValueError, naming the key and value, for LoRA settings peft would reject deep inside (``r``) or
+    accept silently (a negative ``alpha``)."""
     if lora is None:
         return
     if isinstance(lora.r, bool) or not isinstance(lora.r, int) or lora.r < 1:
@@ -86,31 +77,15 @@ def check_lora(lora: LoraSettings | None) -> None:
         raise ValueError(f"model.lora.plus_lr_ratio must be a positive number, got {lora.plus_lr_ratio!r}")
 
 
-def add_neftune(model: PreTrainedModel, alpha: float) -> None:
-    """NEFTune noise on ``model``'s input embeddings, through transformers' own hook, which adds it only while the
-    embedding module is in training mode (Lightning puts it in eval mode for validation and prediction)."""
-    from transformers.integrations.neftune import activate_neftune
-
-    activate_neftune(model, alpha)
-
-
 def is_adapter_dir(path: str) -> bool:
     """Whether ``path`` is a local peft adapter directory (it holds ``adapter_config.json``)."""
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def _looks_like_path(name: str) -> bool:
-    """Whether ``name`` can only be a local path, not a Hugging Face id (``name`` or ``org/name``)."""
-    return Path(name).is_absolute() or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
-
-
 def adapter_base(adapter: str) -> str:
     """The base model an adapter export names (``base_model_name_or_path`` of its ``adapter_config.json``).
-
-    Raises:
-        ValueError: the config cannot be read or names no base.
-        FileNotFoundError: the base is a local directory that is gone, naming its path.
-    """
+    Raises ValueError when the config cannot be read or names no base, FileNotFoundError when the base is a local
+    directory that is gone."""
     config_file = Path(adapter) / ADAPTER_CONFIG
     try:
         base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
@@ -118,22 +93,13 @@ def adapter_base(adapter: str) -> str:
         raise ValueError(f"{config_file} is not a readable adapter config: {error}") from None
     if not isinstance(base, str) or not base:
         raise ValueError(f"{config_file} names no base model (base_model_name_or_path is {base!r})")
-    if not Path(base).exists() and _looks_like_path(base):
-        raise FileNotFoundError(
-            f"the base model of adapter {adapter} is missing: {base} does not exist (base_model_name_or_path in "
-            f"{config_file}); put the base model back there, or set that key to its new directory or Hub id"
-        )
+    # Only a local path can be missing here; a Hugging Face id (``name`` or ``org/name``) is looked up later.
+    looks_like_path = Path(base).is_absolute() or base.startswith((".", "~")) or "\\" in base or base.count("/") > 1
+    if not Path(base).exists() and looks_like_path:
+        raise FileNotFoundError(f"the base model of adapter {adapter} is missing: {base} does not exist "
+                                f"(base_model_name_or_path in {config_file}); put the base model back there, or set "
+                                "that key to its new directory or Hub id")
     return base
-
-
-def enable_activation_checkpointing(model: PreTrainedModel) -> None:
-    """Recompute activations in the backward pass (non-reentrant), through transformers' current name for it
-    (``gradient_checkpointing_enable`` is its deprecated alias)."""
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:  # transformers releases before the rename
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 @contextmanager
@@ -145,20 +111,9 @@ def _peft_deprecations_quiet() -> Iterator[None]:
         yield
 
 
-def device_map_for(device: torch.device) -> dict[str, int | str]:
-    """``from_pretrained``'s ``device_map`` that puts the whole model on ``device`` (a CUDA index when there is one)."""
-    if device.type == "cuda":
-        return {"": device.index if device.index is not None else torch.cuda.current_device()}
-    return {"": str(device)}
-
-
 def check_bitsandbytes(quantization: str | None, optimizer: str, lora: LoraSettings | None) -> None:
-    """Refuse, before any weights load, a setting bitsandbytes cannot run here, saying why and what to do.
-
-    Raises:
-        ValueError: quantization without LoRA (a quantized base cannot be fully fine-tuned).
-        RuntimeError: no CUDA device, or bitsandbytes not installed.
-    """
+    """Refuse, before any weights load, a setting bitsandbytes cannot run here, saying why and what to do:
+    ValueError for quantization without LoRA, RuntimeError without CUDA or bitsandbytes."""
     if quantization is not None and lora is None:
         raise ValueError(f"model.quantization={quantization} needs model.lora: a quantized base model cannot be "
                          "fully fine-tuned; set model.lora (QLoRA) or model.quantization=null")
@@ -169,27 +124,22 @@ def check_bitsandbytes(quantization: str | None, optimizer: str, lora: LoraSetti
         return
     what = " and ".join(wanted)
     if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"{what} needs bitsandbytes on a CUDA GPU, and this machine has no CUDA device "
-            f"(torch {torch.__version__}, torch.cuda.is_available() is False). Run this config on a machine with "
-            "an NVIDIA GPU and a CUDA build of torch, or train without bitsandbytes here: "
-            "--model.quantization=null --model.optimizer=adamw (LoRA on the unquantized base)."
-        )
+        raise RuntimeError(f"{what} needs bitsandbytes on a CUDA GPU, and this machine has no CUDA device (torch "
+                           f"{torch.__version__}, torch.cuda.is_available() is False). Run this config on a machine "
+                           "with an NVIDIA GPU and a CUDA build of torch, or train without bitsandbytes here: "
+                           "--model.quantization=null --model.optimizer=adamw (LoRA on the unquantized base).")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise RuntimeError(f"{what} needs bitsandbytes, which is not installed: pip install 'dsum[qlora]' "
                            "(bitsandbytes>=0.46.1), or set --model.quantization=null --model.optimizer=adamw.")
 
 
 def load_adapter(model: PreTrainedModel, adapter: str) -> torch.nn.Module:
-    """``model`` with the trainable adapter of the export ``adapter`` loaded.
-
-    Raises:
-        ValueError: the adapter's weights file is missing, damaged or truncated, naming it.
-    """
+    """``model`` with the trainable adapter of the export ``adapter`` loaded; ValueError, naming the weights file,
+    when it is damaged or truncated."""
     from peft import PeftModel
     from safetensors import SafetensorError, safe_open
 
-    weights = Path(adapter) / ADAPTER_WEIGHTS
+    weights = Path(adapter) / "adapter_model.safetensors"
     if weights.is_file():
         try:  # reads the header and checks it against the file's size; no tensor is loaded
             with safe_open(str(weights), framework="pt") as handle:
@@ -215,40 +165,31 @@ def trainable_in_float32(model: torch.nn.Module) -> torch.nn.Module:
 class InstructSummarizer(CausalLMSummarizer):
     """Instruction/chat LLM summarizer with LoRA or QLoRA (peft), for SOLAR, Qwen2.5, EXAONE, Llama-style models.
 
-    Examples are instruction prompts built by the data module (``data.prompt_template``: the tokenizer's chat
-    template or a plain ``### Instruction`` template); the loss covers the summary and its end-of-turn token.
-    Generation stops at eos or the end-of-turn token.
-
-    Weights that are trained are loaded in float32: the whole model without LoRA, the adapter with it. A frozen
-    base keeps its checkpoint's dtype (``compute_dtype`` when quantized).
-
-    A quantized base is loaded in :meth:`configure_model`, onto the GPU of Lightning's strategy
-    (``trainer.strategy.root_device``: right under SLURM and with ``--trainer.devices=[2,3]``), not when the module is
-    built; until then ``model`` is ``None``.
-
-    With ``lora`` set, only the adapter is trained; masks that dsum adds to the tokenizer (``#Person1#``) get
-    trainable embedding rows (and output-head rows when the head is untied) through peft's
-    ``trainable_token_indices``. Checkpoints then hold only the trainable weights (plus optimizer state); the
-    frozen base is reloaded from ``pretrained``. The best model is exported as a peft adapter directory
-    (``adapter_config.json``, adapter weights, tokenizer, generation config, ``prompt_template.json``), which
-    ``--model.pretrained`` accepts for ``validate``/``predict``.
+    Examples are prompts built by the data module (``data.prompt_template``); the loss covers the summary and its
+    end-of-turn token, where generation stops too. A quantized base is loaded in :meth:`configure_model`, onto
+    Lightning's ``trainer.strategy.root_device``; until then ``model`` is ``None``. With ``lora``, only the adapter
+    and the rows of dsum's masks (peft's ``trainable_token_indices``) are trained, checkpointed and exported (a peft
+    adapter directory, which ``--model.pretrained`` accepts); the frozen base is reloaded from ``pretrained``.
+    Trained weights load in float32 (the whole model without LoRA, the adapter with it); a frozen base keeps its
+    checkpoint's dtype (``compute_dtype`` when quantized). An export holds ``adapter_config.json``, the adapter
+    weights, tokenizer, generation config and ``prompt_template.json``.
 
     Args:
-        pretrained: Hugging Face id or local directory of the base model, or a dsum adapter export
-            (its ``adapter_config.json`` names the base, which is loaded first).
+        pretrained: Hugging Face id or local directory of the base model, or a dsum adapter export (its
+            ``adapter_config.json`` names the base, which is loaded first).
         optimizer: ``adamw``, ``adafactor`` or ``paged_adamw_8bit`` (bitsandbytes, CUDA only).
         lora: LoRA settings; ``null`` fully fine-tunes the model.
-        quantization: Load the base through bitsandbytes: ``nf4`` or ``fp4`` (4-bit, double quantization)
-            or ``int8``; ``null`` loads it unquantized. Needs CUDA and ``pip install 'dsum[qlora]'``.
+        quantization: Load the base through bitsandbytes (CUDA, ``pip install 'dsum[qlora]'``): ``nf4`` or ``fp4``
+            (4-bit, double quantization) or ``int8``; ``null`` loads it unquantized.
         compute_dtype: Compute dtype of the quantized layers (and the dtype the base is loaded in when quantized).
         gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower).
         merge_on_export: Also write the adapter merged into the base as a full model (``best_model/merged``).
-        neftune_alpha: NEFTune: uniform noise of scale ``alpha / sqrt(tokens x width)`` on the input embeddings,
-            in training steps only (the paper uses 5); ``null`` is off.
+        neftune_alpha: NEFTune: noise of scale ``alpha / sqrt(tokens x width)`` on the input embeddings in training
+            (the paper uses 5); ``null`` is off.
         **kwargs: The other settings of :class:`~dsum.models.base.SummarizerBase`.
     """
 
-    decoder_only = True
+    needs_separator = False  # the prompt template separates dialogue and summary
 
     def __init__(
         self,
@@ -287,18 +228,28 @@ class InstructSummarizer(CausalLMSummarizer):
         super().setup_model()
         # Wrapped after the base class has resized the embeddings and set the generation config.
         self.model = self._with_adapter(self.model, self._pretrained)
-        self.parameter_counts = self._count_parameters(self.model)
+        if self.adapter_only:
+            self.parameter_counts = tuple(self.model.get_nb_trainable_parameters())
+        else:
+            self.parameter_counts = (self.model.num_parameters(only_trainable=True), self.model.num_parameters())
         trainable, total = self.parameter_counts
         rank_zero_info(f"dsum: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)")
         # peft's wrapper keeps its own attribute; generate() reads the base model's generation config.
         self._base().generation_config = self.generation_config()
         if self._neftune_alpha is not None:
-            add_neftune(self._base(), self._neftune_alpha)
+            from transformers.integrations.neftune import activate_neftune
+
+            # transformers' hook adds the noise only while the embeddings are in training mode (not in evaluation).
+            activate_neftune(self._base(), self._neftune_alpha)
 
     def configure_model(self) -> None:
         """Load a quantized base onto this process's GPU, as Lightning assigned it, then compile if asked."""
         if self.model is None:
-            self._device_map = device_map_for(self.trainer.strategy.root_device)
+            device = self.trainer.strategy.root_device
+            if device.type == "cuda":
+                self._device_map = {"": device.index if device.index is not None else torch.cuda.current_device()}
+            else:
+                self._device_map = {"": str(device)}
             self.setup_model()
         super().configure_model()
 
@@ -320,32 +271,46 @@ class InstructSummarizer(CausalLMSummarizer):
         return self.model.get_base_model() if self.adapter_only else self.model
 
     def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
-        base_name = self._base_name
-        if base_name != pretrained:
-            rank_zero_info(f"dsum: {pretrained} is an adapter; loading its base model {base_name}")
-        model = AutoModelForCausalLM.from_pretrained(base_name, trust_remote_code=trust_remote_code,
+        if self._base_name != pretrained:
+            rank_zero_info(f"dsum: {pretrained} is an adapter; loading its base model {self._base_name}")
+        model = AutoModelForCausalLM.from_pretrained(self._base_name, trust_remote_code=trust_remote_code,
                                                      **self.loading_kwargs())
-        base_rows = model.get_input_embeddings().num_embeddings
-        if base_rows < len(self.tokenizer):
+        self._base_rows = model.get_input_embeddings().num_embeddings
+        if self._base_rows < len(self.tokenizer):
             model.resize_token_embeddings(len(self.tokenizer))
         if self._quantization is not None:
             from peft import prepare_model_for_kbit_training
 
             # Checkpointing is enabled below: peft would call transformers' deprecated name for it.
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        if self._gradient_checkpointing:
-            enable_activation_checkpointing(model)
-        self._base_rows = base_rows
+        if self._gradient_checkpointing:  # non-reentrant; gradient_checkpointing_enable is the deprecated name
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
     def loading_kwargs(self) -> dict[str, Any]:
         """``from_pretrained`` arguments: float32 without LoRA (every weight is trained); under LoRA the frozen
-        base keeps its checkpoint's dtype (the adapter is float32, see :meth:`_with_adapter`), or is quantized."""
+        base keeps its checkpoint's dtype (the adapter is float32, see :meth:`_with_adapter`), or is quantized
+        through bitsandbytes, one copy per GPU (DDP rank) on the device of :meth:`configure_model`."""
         kwargs = super().loading_kwargs()
         if self._lora is not None or is_adapter_dir(self._pretrained):
             kwargs["dtype"] = "auto"
-        kwargs.update(self._quantized_loading())
-        return kwargs
+        if self._quantization is None:
+            return kwargs
+        from transformers import BitsAndBytesConfig
+
+        dtype = getattr(torch, self._compute_dtype)
+        if self._quantization == "int8":
+            config = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self._quantization,
+                                        bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        if self._device_map is None:
+            raise RuntimeError("a quantized base is loaded in configure_model, once Lightning has chosen the device")
+        return {**kwargs, "quantization_config": config, "dtype": dtype, "device_map": self._device_map}
 
     def _with_adapter(self, model: PreTrainedModel, pretrained: str) -> torch.nn.Module:
         """``model`` with the adapter of ``pretrained`` loaded (an adapter export), or a new LoRA adapter."""
@@ -363,23 +328,6 @@ class InstructSummarizer(CausalLMSummarizer):
             wrapped.peft_config["default"].base_model_name_or_path = str(Path(self._base_name).resolve())
         return trainable_in_float32(wrapped)
 
-    def _quantized_loading(self) -> dict[str, Any]:
-        """``from_pretrained`` arguments for a bitsandbytes-quantized base, one copy per GPU (DDP rank): on the
-        device of :meth:`configure_model`."""
-        if self._quantization is None:
-            return {}
-        from transformers import BitsAndBytesConfig
-
-        dtype = getattr(torch, self._compute_dtype)
-        if self._quantization == "int8":
-            config = BitsAndBytesConfig(load_in_8bit=True)
-        else:
-            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self._quantization,
-                                        bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-        if self._device_map is None:
-            raise RuntimeError("a quantized base is loaded in configure_model, once Lightning has chosen the device")
-        return {"quantization_config": config, "dtype": dtype, "device_map": self._device_map}
-
     def new_token_ids(self, base_rows: int) -> list[int]:
         """Token ids whose rows dsum trains under LoRA: the data's masks and every row added by resizing."""
         added = self.tokenizer.get_added_vocab()
@@ -395,45 +343,27 @@ class InstructSummarizer(CausalLMSummarizer):
         token_rows: dict[str, list[int]] | None = None
         if ids:
             names = {id(m): n for n, m in model.named_modules()}
-            token_rows = {names[id(model.get_input_embeddings())]: ids}
-            head = model.get_output_embeddings()
-            tied = head is not None and head.weight is model.get_input_embeddings().weight
-            if head is not None and not tied:
+            embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+            token_rows = {names[id(embeddings)]: ids}
+            if head is not None and head.weight is not embeddings.weight:
                 token_rows[names[id(head)]] = ids  # an untied head needs the new tokens' output rows too
-        init: bool | str = True if lora.init == "default" else lora.init
-        loftq = None
+        loftq = {}
         if lora.init == "loftq":
             from peft import LoftQConfig
 
             if self._quantization is not None:
                 raise ValueError("model.lora.init=loftq quantizes an unquantized base itself; drop model.quantization")
-            loftq = LoftQConfig(loftq_bits=4)
+            loftq = {"loftq_config": LoftQConfig(loftq_bits=4)}
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=lora.target_modules, bias=lora.bias, trainable_token_indices=token_rows,
-            use_dora=lora.use_dora, use_rslora=lora.use_rslora, init_lora_weights=init,
-            **({"loftq_config": loftq} if loftq is not None else {}),
+            use_dora=lora.use_dora, use_rslora=lora.use_rslora,
+            init_lora_weights=True if lora.init == "default" else lora.init, **loftq,
         )
 
-    @staticmethod
-    def _count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-        if hasattr(model, "get_nb_trainable_parameters"):
-            return tuple(model.get_nb_trainable_parameters())  # type: ignore[return-value]
-        params = list(model.parameters())
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-    def check_layout(self, layout: InputLayout) -> None:
-        # The prompt template is the separator: no data.source_suffix needed (CausalLMSummarizer's check).
-        SummarizerBase.check_layout(self, layout)
-
-    def generation_config(self) -> GenerationConfig:
-        """The base generation config, also stopping at the chat template's end-of-turn token."""
-        config = super().generation_config()
-        configured = config.eos_token_id
-        stops = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-        stops = list(dict.fromkeys(stops + stop_token_ids(self.tokenizer)))
-        config.eos_token_id = stops[0] if len(stops) == 1 else (stops or None)
-        return config
+    def stop_ids(self) -> list[int]:
+        """Eos and the chat template's end-of-turn token."""
+        return stop_token_ids(self.tokenizer)
 
     def on_fit_start(self) -> None:
         trainable, total = self.parameter_counts
@@ -463,10 +393,8 @@ class InstructSummarizer(CausalLMSummarizer):
             trainable = self._trainable_keys()
             missing = [k for k in result.missing_keys if k in trainable or not k.startswith("model.")]
             if missing or result.unexpected_keys:
-                raise RuntimeError(
-                    f"checkpoint does not fit this model (base {self.hparams.pretrained}, LoRA {self._lora}): "
-                    f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
-                )
+                raise RuntimeError(f"checkpoint does not fit this model (base {self.hparams.pretrained}, LoRA "
+                                   f"{self._lora}): missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
         return result
 
     # ---------------------------------------------------------------------------------- export
@@ -486,8 +414,8 @@ class InstructSummarizer(CausalLMSummarizer):
         save_inference_settings(self, directory)
         template = saved_template(self.tokenizer)
         if template is not None:
-            (directory / PROMPT_FILE).write_text(json.dumps(template, ensure_ascii=False, indent=2) + "\n",
-                                                 encoding="utf-8")
+            text = json.dumps(template, ensure_ascii=False, indent=2) + "\n"
+            (directory / "prompt_template.json").write_text(text, encoding="utf-8")
         if self.hparams.merge_on_export and self.adapter_only:
             merged = copy.deepcopy(self.model).merge_and_unload()
             merged.generation_config = generation

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
+from transformers import AutoModelForSeq2SeqLM
 from transformers.modeling_outputs import BaseModelOutput
 
 from dsum.models.base import InputLayout, SummarizerBase
@@ -15,30 +15,20 @@ from dsum.models.heads import check_gathered, output_head_only_at
 
 
 class Seq2SeqSummarizer(SummarizerBase):
-    """Encoder-decoder summarizer (BART, T5, mT5): the dialogue is encoded, the summary decoded.
-
-    T5-family models expect a task prefix on the source (``data.source_prefix: "summarize: "``);
-    a missing prefix is warned about at start.
-
-    In evaluation, generation reuses the encoder output of the batch's loss pass (one encoder pass, not two),
-    and beam search keeps one cross-attention cache (see :mod:`dsum.models.generation`).
+    """Encoder-decoder summarizer (BART, T5, mT5): the dialogue is encoded, the summary decoded. A T5-family model
+    without ``data.source_prefix`` (e.g. ``"summarize: "``) is warned about. In evaluation, generation reuses the
+    encoder output of the loss pass, and beam search keeps one cross-attention cache (:mod:`dsum.models.generation`).
     """
 
+    auto_class = AutoModelForSeq2SeqLM
     # Evaluation: the encoder output of the last loss pass without gradients, with the input ids it encoded.
     _encoded: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
-        return AutoModelForSeq2SeqLM.from_pretrained(
-            pretrained, trust_remote_code=trust_remote_code, **self.loading_kwargs()
-        )
 
     def check_layout(self, layout: InputLayout) -> None:
         super().check_layout(layout)
         if self.model.config.model_type in {"t5", "mt5"} and not layout.source_prefix:
-            rank_zero_warn(
-                f"{self.hparams.pretrained} is a T5-family model but data.source_prefix is empty; "
-                "T5 checkpoints usually expect a prefix such as 'summarize: '"
-            )
+            rank_zero_warn(f"{self.hparams.pretrained} is a T5-family model but data.source_prefix is empty; "
+                           "T5 checkpoints usually expect a prefix such as 'summarize: '")
 
     def logits_and_labels(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
@@ -46,12 +36,8 @@ class Seq2SeqSummarizer(SummarizerBase):
         keep = labels != -100
         # The LM head and the loss run only at summary tokens, not at the batch's label padding.
         with output_head_only_at(self.model, keep) as gathered:
-            out = self.model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                decoder_input_ids=decoder_input_ids,
-                use_cache=False,
-            )
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             decoder_input_ids=decoder_input_ids, use_cache=False)
         # Kept for generate_ids on the same batch (validation and test run the loss pass first).
         self._encoded = None if torch.is_grad_enabled() else (batch["input_ids"], out.encoder_last_hidden_state)
         if gathered:

@@ -1,7 +1,7 @@
 """``python -m dsum.sweep {create,agent,parallel,serial,summarize,local,report,registry}``.
 
-W&B sweeps need the W&B server; ``local`` runs the same YAMLs offline on Optuna. Both launch every trial
-exactly as a ``wandb agent`` would: one ``main.py`` process tree per trial.
+W&B sweeps need the W&B server; ``local`` runs the same YAMLs offline on Optuna. Both launch every trial as a
+``wandb agent`` would: one ``main.py`` process tree per trial.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from dsum.registry import (
     version_meta,
 )
 from dsum.sweep.spec import load_sweep
-from dsum.sweep.summary import collect_trials
+from dsum.sweep.summary import collect_trials, sweep_dir_for
 from dsum.sweep.summary import summarize as write_summary
-from dsum.sweep.summary import sweep_dir_for
 from dsum.sweep.wandb_backend import (
     agent_command, agent_env, create_sweep, require_server, run_agent, sweep_name, sweep_path,
 )
@@ -32,17 +31,11 @@ from dsum.sweep.workers import results_table, run_workers
 Engine = Literal["wandb", "local"]
 
 
-def _metric(config: dict[str, Any]) -> tuple[str, Literal["maximize", "minimize"]]:
-    metric = config.get("metric") or {}
-    return metric.get("name", MONITOR), metric.get("goal", "maximize")
-
-
 def _resolve(sweep: str, project: str | None, entity: str | None) -> tuple[str, str, dict[str, Any]]:
     """(sweep id, name, config): a YAML path creates a new W&B sweep; anything else is an existing id."""
     if sweep.endswith((".yaml", ".yml")) and Path(sweep).is_file():
         config = load_sweep(sweep)
-        sweep_id = create_sweep(sweep, project, entity)
-        return sweep_id, sweep_name(config, sweep), config
+        return create_sweep(sweep, project, entity), sweep_name(config, sweep), config
     return sweep, sweep.rsplit("/", 1)[-1], {}
 
 
@@ -82,8 +75,8 @@ def summarize(sweep: str, sweep_id: str | None = None, from_wandb: bool = False,
         if len(ids) != 1:
             raise SystemExit(f"{directory}: say which sweep with --sweep_id (found: {', '.join(ids) or 'none'})")
         sweep_id = ids[0]
-    metric, goal = _metric(config)
-    summary = write_summary(directory, sweep_id, metric, goal,
+    metric = config.get("metric") or {}
+    summary = write_summary(directory, sweep_id, metric.get("name", MONITOR), metric.get("goal", "maximize"),
                             wandb_path=sweep_path(sweep_id, project, entity) if from_wandb else None,
                             registry=registry, sandbox_registry=sandbox_registry)
     if summary.get("promoted"):
@@ -110,11 +103,10 @@ def agent(sweep: str, count: int | None = None, project: str | None = None, enti
     sweep_id, name, config = _resolve(sweep, project, entity)
     decoding = bool(config) and any(str(part) in SUBCOMMANDS for part in config.get("command") or [])
     if decoding and in_process_enabled(in_process):
-        failed = run_wandb_agent(sweep_id, name, config, count, project, entity)
-        summarize(sweep, sweep_id.rsplit("/", 1)[-1])
-        return 1 if failed else 0
-    code = run_agent(sweep_id, name, count, project, entity)
-    if config:
+        code = 1 if run_wandb_agent(sweep_id, name, config, count, project, entity) else 0
+    else:
+        code = run_agent(sweep_id, name, count, project, entity)
+    if config:  # always set for a decoding sweep
         summarize(sweep, sweep_id.rsplit("/", 1)[-1])
     return code
 
@@ -143,7 +135,6 @@ def parallel(sweep: str, num_workers: int = 2, runs_per_worker: int = 1, engine:
         config = load_sweep(sweep)
         name = sweep_name(config, sweep)
         sweep_id = local_study_id(sweep, config)
-        # Each worker process sees only its group, and gives all of it to its trial.
         commands = [local_worker_command(sweep, runs_per_worker, storage, gpus_per_worker)
                     for _ in range(num_workers)]
         env: dict[str, str] = {}
@@ -154,16 +145,16 @@ def parallel(sweep: str, num_workers: int = 2, runs_per_worker: int = 1, engine:
         env = agent_env(name)
     directory = sweep_dir_for(name)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results = run_workers(commands, directory / "logs" / f"parallel_{time.strftime('%Y%m%d-%H%M%S')}", env,
-                          gpus_per_worker=gpus_per_worker)
+    table = results_table(run_workers(commands, directory / "logs" / f"parallel_{time.strftime('%Y%m%d-%H%M%S')}",
+                                      env, gpus_per_worker=gpus_per_worker))
     short_id = sweep_id.rsplit("/", 1)[-1]
-    table = results_table(results)
     atomic_write_json(directory / f"parallel_{name}_{short_id}_summary.json", {
         "sweep": sweep, "sweep_id": short_id, "engine": engine, "num_workers": num_workers,
         "runs_per_worker": runs_per_worker, "started_at": started, "workers": table,
     })
     for row in table:
-        print(f"worker {row['worker']}: {row['status']} rc={row['returncode']} {row['elapsed_seconds']}s {row['log_file']}")
+        print(f"worker {row['worker']}: {row['status']} rc={row['returncode']} {row['elapsed_seconds']}s "
+              f"{row['log_file']}")
     if config or engine == "local":
         summarize(sweep, short_id)
     return table

@@ -1,8 +1,6 @@
-"""What LightningCLI accepts, read from its own parser: the groups of dotted keys (``model``, ``data``,
-``trainer``, ...), the options ``main.py fit`` takes itself, and the value type of every dotted key.
-
-The parser is built once per process on first use (about 0.2 s once :mod:`dsum.cli` is imported); importing this
-module builds nothing. :mod:`dsum.sweep.mapping` and :mod:`dsum.sweep.spec` type sweep values with it.
+"""What LightningCLI accepts, read from its own parser: the groups of dotted keys (``model``, ``data``, ...), the
+options ``main.py fit`` takes itself, and the value type of every dotted key. The parser is built on first use,
+once per process; importing this module builds nothing.
 """
 
 from __future__ import annotations
@@ -39,12 +37,10 @@ def model_parsers() -> tuple[ArgumentParser, ...]:
     """One parser per class in :data:`MODEL_CLASSES`, with its arguments under ``model.``."""
     import dsum.models
 
-    parsers = []
-    for name in MODEL_CLASSES:
-        parser = ArgumentParser(exit_on_error=False)
+    parsers = tuple(ArgumentParser(exit_on_error=False) for _ in MODEL_CLASSES)
+    for parser, name in zip(parsers, MODEL_CLASSES, strict=True):
         parser.add_class_arguments(getattr(dsum.models, name), "model")
-        parsers.append(parser)
-    return tuple(parsers)
+    return parsers
 
 
 @functools.cache
@@ -57,8 +53,7 @@ def cli_roots() -> tuple[str, ...]:
 @functools.cache
 def native_options() -> frozenset[str]:
     """Option names ``main.py fit`` takes itself (``config``, ``c``, ``ckpt_path``, the roots, ...), without dashes."""
-    names = {o.lstrip("-") for a in fit_parser()._actions for o in a.option_strings}
-    return frozenset(n for n in names if "." not in n)
+    return frozenset(o.lstrip("-") for a in fit_parser()._actions for o in a.option_strings if "." not in o)
 
 
 Kind = Literal["int", "float", "bool", "str", "other"]
@@ -66,10 +61,8 @@ Kind = Literal["int", "float", "bool", "str", "other"]
 
 @functools.cache
 def key_kind(key: str) -> Kind:
-    """The value type LightningCLI gives a dotted key: ``int``, ``float``, ``bool``, ``str`` or ``other`` (a key
-    it does not know, or one of several types). ``model.*`` keys come from the model classes dsum ships; a key
-    that they type differently is ``other``. Optional keys take their type (``int | None`` is ``int``), except
-    ``bool | None``."""
+    """The value type LightningCLI gives a dotted key (``int | None`` is ``int``); ``other`` for an unknown key, a
+    mix of types, or a ``model.*`` key the model classes type differently."""
     parsers = model_parsers() if key.split(".")[0] == "model" else (fit_parser(),)
     kinds = {kind for parser in parsers if (kind := _kind_in(parser, key)) is not None}
     if len(kinds) != 1 or key in FRACTION_KEYS:  # Lightning reads an int and a float differently there
@@ -82,8 +75,7 @@ def _kind_in(parser: ArgumentParser, key: str) -> Kind | None:
     actions = {a.dest: a for a in parser._actions}
     parts = key.split(".")
     for cut in range(len(parts), 0, -1):
-        action = actions.get(".".join(parts[:cut]))
-        if action is not None:
+        if (action := actions.get(".".join(parts[:cut]))) is not None:
             hint = getattr(action, "_typehint", None) or action.type
             for part in parts[cut:]:
                 hint = _field_hint(hint, part)

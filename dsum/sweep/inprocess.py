@@ -1,41 +1,25 @@
-"""In-process decoding trials for ``python -m dsum.sweep local``: one model load per worker, cached generations.
+"""In-process trials for ``python -m dsum.sweep local`` (and ``agent``): imports, model and generations paid once
+per worker, not once per trial.
 
-A trial whose command runs the repository's ``main.py`` with ``validate`` or ``test``
-(``sweeps/generation_params.yaml``) does not start a process of its own: each worker slot keeps one long-lived
-process (``python -m dsum.sweep.inprocess``) that has imported torch, Lightning and transformers once, and runs
-one trial after another with the very argv and environment ``wandb agent`` would give the trial's process
-(:func:`run_trial_here`). Each trial still writes its own run directory, run record, log and W&B run; the engine
-reads its result the same way.
+A ``validate``/``test`` trial of the repository's ``main.py`` runs in its slot's long-lived worker (``python -m
+dsum.sweep.inprocess``) with the argv and environment ``wandb agent`` would give its process; it still writes its own
+run directory, record, log and W&B run. Between trials the worker keeps only the Hugging Face model
+(:class:`ModelCache`: while :func:`model_key` and, when loading drew from the RNG, the seed stay the same; its
+generation config and the torch RNG put back as a fresh load leaves them, so a sampling trial draws the same) and
+the ids generated for batches whose output cannot differ (:class:`GenerationCache`: same weights, generation config
+as Hugging Face normalises it, input tensors, precision and, when sampling, RNG state), only decoded and scored again.
+One model is held at a time: another ``model.pretrained``, LoRA, quantization, dtype or a prompt that adds tokens
+reloads it. The trial's user attributes and the sweep summary's ``in_process`` say which trials were cache hits.
 
-What the worker keeps between trials, and why it cannot leak:
-
-- **The loaded model** (:class:`ModelCache`): every trial builds a new ``LightningModule`` (new metrics,
-  generation settings, post-processing, tokenizer from its own data module); only the Hugging Face model inside
-  is reused, when :func:`model_key` (the class, every init argument that shapes the weights, the tokenizer's size
-  and added tokens) is the same. Another ``model.pretrained``, LoRA, quantization, dtype or a prompt that adds
-  tokens reloads it (one model held at a time); so does another seed when loading drew from the RNG (new token
-  rows for the data's masks, a new LoRA adapter: the weights then depend on the seed). A prompt template is the
-  data module's: it needs no new model. The model's own generation config is restored to the loaded one
-  before the trial applies its settings, and the torch RNG is left as a fresh load leaves it, so a sampling
-  trial draws what it would in a process of its own.
-- **Generated ids** (:class:`GenerationCache`): a batch whose generated text cannot differ (same model, same
-  generation config after Hugging Face's own normalisation, so ``temperature``/``top_p`` do not count when
-  ``do_sample`` is false; same input tensors, so the data file, subset, prompt and lengths are in the key;
-  same precision; with sampling, the same RNG state) is not generated again: its ids are decoded, post-processed
-  and scored again. The trial's user attributes and the sweep summary's ``in_process`` say which trials were
-  cache hits.
-
-Trials that ``fit`` (or ``predict``) with ``main.py`` get a process of their own, forked from a per-slot fork
-server (``python -m dsum.sweep.inprocess --fork-server``) that has imported torch, Lightning and transformers
-once: the fork is a fresh process (own environment, argv, log, RNG, CUDA context), it only skips the imports.
-The server starts no thread and never touches a GPU, so forking it is safe.
-
-Opt out with ``DSUM_SWEEP_IN_PROCESS=0`` (or ``run_local(..., in_process=False)``): every trial then gets a
-process of its own started from scratch, as before.
+A ``fit``/``predict`` trial forks from its slot's fork server (``python -m dsum.sweep.inprocess --fork-server``),
+which starts no thread and touches no GPU: a fresh process (environment, argv, log, RNG, CUDA context) that only
+skips the imports. Opt out with ``DSUM_SWEEP_IN_PROCESS=0`` (or ``run_local(..., in_process=False)``): every trial
+then gets a process of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import hashlib
@@ -48,13 +32,16 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dsum.constants import SWEEP_DIR_ENV
 from dsum.infra.log import every_rank, warn
+from dsum.sweep.workers import die_with_parent
 
 IN_PROCESS_ENV = "DSUM_SWEEP_IN_PROCESS"
 SUBCOMMANDS = ("validate", "test")
@@ -67,6 +54,7 @@ NOT_WEIGHTS = frozenset({
 })
 GENERATION_CACHE_BATCHES = 4096  # generated-id batches a worker keeps (ids only: small)
 WORKER_START_TIMEOUT = 600.0
+REPORT_KEYS = ("model", "generation_cache", "cached_batches", "generated_batches")  # a trial's user attributes
 
 
 class InProcessError(RuntimeError):
@@ -75,11 +63,8 @@ class InProcessError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------- which trials
 def in_process_enabled(explicit: bool | None = None, environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether decoding trials run in-process: ``explicit`` if given, else ``DSUM_SWEEP_IN_PROCESS`` (default on).
-
-    Raises:
-        ValueError: ``DSUM_SWEEP_IN_PROCESS`` is not a boolean word.
-    """
+    """Whether decoding trials run in-process: ``explicit`` if given, else ``DSUM_SWEEP_IN_PROCESS`` (default on;
+    ValueError if it is not a boolean word)."""
     if explicit is not None:
         return explicit
     text = environ.get(IN_PROCESS_ENV, "1").strip().lower()
@@ -95,9 +80,8 @@ def main_py_argv(command: Sequence[str], subcommands: Sequence[str]) -> list[str
     ``main.py`` with this interpreter and one of ``subcommands``; None for anything else."""
     for i, part in enumerate(command):
         if Path(part).name == "main.py" and Path(part).resolve() == REPO_MAIN:
-            before = [Path(p).name for p in command[:i]]
-            if command[i - 1:i] != [sys.executable] or any(p not in ("env", Path(sys.executable).name)
-                                                          for p in before):
+            launchers = ("env", Path(sys.executable).name)
+            if command[i - 1:i] != [sys.executable] or any(Path(p).name not in launchers for p in command[:i]):
                 return None
             rest = list(command[i + 1:])
             return [str(part), *rest] if rest and rest[0] in subcommands else None
@@ -107,6 +91,11 @@ def main_py_argv(command: Sequence[str], subcommands: Sequence[str]) -> list[str
 def decoding_argv(command: Sequence[str]) -> list[str] | None:
     """:func:`main_py_argv` of a ``validate`` or ``test`` trial (these run in-process)."""
     return main_py_argv(command, SUBCOMMANDS)
+
+
+def training_argv(command: Sequence[str]) -> list[str] | None:
+    """:func:`main_py_argv` of a ``fit`` (or ``predict``) trial (these fork from the preloaded server)."""
+    return main_py_argv(command, ("fit", "predict"))
 
 
 # ------------------------------------------------------------------------------------------- the model cache
@@ -123,23 +112,20 @@ def model_key(module: Any) -> str:
                    getattr(tokenizer, "name_or_path", None), repr(getattr(module, "_device_map", None)))
 
 
-def _rng_state() -> tuple[bytes, list[bytes]]:
-    import torch
-
-    cuda = [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_initialized() else []
-    return torch.get_rng_state().numpy().tobytes(), cuda
+def _rng_bytes(cuda: bool = False) -> bytes:
+    """The torch CPU generator's state (and every CUDA generator's when ``cuda``), to compare."""
+    states = [torch.get_rng_state()]
+    if cuda and torch.cuda.is_initialized():
+        states += torch.cuda.get_rng_state_all()
+    return b"".join(state.numpy().tobytes() for state in states)
 
 
 def _get_rng() -> dict[str, Any]:
-    import torch
-
     return {"cpu": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
 
 
 def _set_rng(state: Mapping[str, Any]) -> None:
-    import torch
-
     torch.set_rng_state(state["cpu"])
     if state.get("cuda") is not None and torch.cuda.is_initialized():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -164,12 +150,14 @@ class _Loaded:
         return self.key if self.rng_after is None else _digest(self.key, self.rng_before.hex())
 
 
+_MISSING = object()
+
+
 class ModelCache:
     """One loaded model per worker, reused while :func:`model_key` stays the same (see the module docstring)."""
 
     def __init__(self) -> None:
         self.loaded: _Loaded | None = None
-        self.loads = 0
         self.last: str = ""  # "loaded" or "reused", for the trial's report
 
     def setup(self, module: Any, original: Callable[[], None]) -> None:
@@ -181,18 +169,17 @@ class ModelCache:
         key = model_key(module)
         before = dict(vars(module))
         modules_before = dict(module._modules)
-        rng_before = _rng_state()[0]
-        if self.loaded is not None and self.loaded.key == key and (
-                self.loaded.rng_after is None or self.loaded.rng_before == rng_before):
-            for name, value in self.loaded.attributes.items():
+        rng_before = _rng_bytes()
+        loaded = self.loaded
+        if loaded is not None and loaded.key == key and (loaded.rng_after is None or loaded.rng_before == rng_before):
+            for name, value in loaded.attributes.items():
                 setattr(module, name, value)
-            model = module.model
-            hf = _hf_model(model)
-            hf.generation_config = copy.deepcopy(self.loaded.generation_config)
-            model.train()
+            hf = _hf_model(module.model)
+            hf.generation_config = copy.deepcopy(loaded.generation_config)
+            module.model.train()
             hf.generation_config = module.generation_config()
-            if self.loaded.rng_after is not None:  # as a fresh load leaves it (a sampling trial draws the same)
-                _set_rng(self.loaded.rng_after)
+            if loaded.rng_after is not None:  # as a fresh load leaves it (a sampling trial draws the same)
+                _set_rng(loaded.rng_after)
             self.last = "reused"
             return
         captured: dict[str, Any] = {}
@@ -209,31 +196,21 @@ class ModelCache:
             original()
         finally:
             object.__delattr__(module, "load_model")
-        self.loads += 1
         self.last = "loaded"
         if module.model is None or "generation_config" not in captured:  # a quantized base loads later
             return
         changed = {k: v for k, v in vars(module).items() if k != "_modules" and before.get(k, _MISSING) is not v}
         changed.update({k: v for k, v in module._modules.items() if modules_before.get(k, _MISSING) is not v})
-        drew = _rng_state()[0] != rng_before  # new token rows, a new LoRA adapter: the seed shapes the weights
+        drew = _rng_bytes() != rng_before  # new token rows, a new LoRA adapter: the seed shapes the weights
         self.loaded = _Loaded(key, changed, captured["generation_config"], rng_before, _get_rng() if drew else None)
 
     def drop(self) -> None:
         """Release the held model (before loading another)."""
-        if self.loaded is None:
-            return
-        self.loaded = None
-        gc.collect()
-        try:
-            import torch
-
+        if self.loaded is not None:
+            self.loaded = None
+            gc.collect()
             if torch.cuda.is_initialized():
                 torch.cuda.empty_cache()
-        except ImportError:
-            pass
-
-
-_MISSING = object()
 
 
 def install_setup_model_hook(cache: ModelCache) -> None:
@@ -241,12 +218,10 @@ def install_setup_model_hook(cache: ModelCache) -> None:
     ``super().setup_model()`` runs the base's original inside it)."""
     from dsum.models import SummarizerBase
 
-    classes, todo = [], [SummarizerBase]
+    todo = [SummarizerBase]
     while todo:
         cls = todo.pop()
-        classes.append(cls)
         todo.extend(cls.__subclasses__())
-    for cls in classes:
         original = cls.__dict__.get("setup_model")
         if original is None or getattr(original, "_dsum_in_process", False):
             continue
@@ -267,8 +242,6 @@ def install_setup_model_hook(cache: ModelCache) -> None:
 
 # ------------------------------------------------------------------------------------------- generation cache
 def _tensor_digest(value: Any) -> Any:
-    import torch
-
     if isinstance(value, torch.Tensor):
         data = value.detach().cpu().contiguous()
         return [str(data.dtype), list(data.shape), hashlib.sha256(data.view(torch.uint8).numpy().tobytes()
@@ -279,9 +252,8 @@ def _tensor_digest(value: Any) -> Any:
 class GenerationCache:
     """Generated ids by everything that decides them (see the module docstring); counts this trial's hits."""
 
-    def __init__(self, limit: int = GENERATION_CACHE_BATCHES) -> None:
+    def __init__(self) -> None:
         self.entries: OrderedDict[str, tuple[Any, dict[str, Any] | None]] = OrderedDict()
-        self.limit = limit
         self.hits = self.misses = 0
 
     def key(self, module: Any, batch: Mapping[str, Any], model_id: str) -> tuple[str, bool]:
@@ -289,9 +261,8 @@ class GenerationCache:
         config = _hf_model(module.model).generation_config
         sampling = bool(getattr(config, "do_sample", False))
         tensors = {name: _tensor_digest(value) for name, value in batch.items() if name != "labels"}
-        trainer = getattr(module, "_trainer", None)
-        precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
-        rng = hashlib.sha256(b"".join([_rng_state()[0], *_rng_state()[1]])).hexdigest() if sampling else None
+        precision = str(getattr(getattr(module, "_trainer", None), "precision", ""))
+        rng = hashlib.sha256(_rng_bytes(cuda=True)).hexdigest() if sampling else None
         return _digest(model_id, config.to_json_string(use_diff=False), tensors, precision,
                        str(module.device), type(module).__qualname__, rng), sampling
 
@@ -312,14 +283,11 @@ class GenerationCache:
             ids = generate(batch)
             self.misses += 1
             self.entries[key] = (ids.detach().cpu(), _get_rng() if sampling else None)
-            while len(self.entries) > self.limit:
+            while len(self.entries) > GENERATION_CACHE_BATCHES:
                 self.entries.popitem(last=False)
             return ids
 
         object.__setattr__(module, "_generate", cached_generate)
-
-    def reset_counts(self) -> None:
-        self.hits = self.misses = 0
 
 
 # ------------------------------------------------------------------------------------------- one trial, here
@@ -327,61 +295,55 @@ MODELS = ModelCache()
 GENERATIONS = GenerationCache()
 
 
-def _caching_cli() -> type:
-    """``DsumCLI`` whose module reuses the worker's model and generations (see the module docstring)."""
-    from dsum.cli import DsumCLI
-
-    class CachingCLI(DsumCLI):
-        def instantiate_classes(self) -> None:
-            install_setup_model_hook(MODELS)
-            super().instantiate_classes()
-            if MODELS.loaded is not None and getattr(self.model, "model", None) is MODELS.loaded.attributes.get(
-                    "model"):
-                GENERATIONS.wrap(self.model, MODELS.loaded.identity)
-
-    return CachingCLI
-
-
-def run_trial_here(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    """Run one trial in this process as its own process would run (``main.py`` with ``argv`` and exactly
-    ``environ``); its exit code. Exceptions are printed, as Python would, and give 1."""
-    import dsum.cli
+def _train(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """Run ``main.py`` here with ``argv`` and exactly ``environ``; its exit code, as its own process would end
+    (exceptions printed, as Python would, give 1)."""
     from dsum.sweep import command
 
-    original_cli = dsum.cli.DsumCLI
     os.environ.clear()
     os.environ.update(environ)
     sys.argv = list(argv)
-    GENERATIONS.reset_counts()
-    MODELS.last = ""
-    dsum.cli.DsumCLI = _caching_cli()  # command.train() imports it by name at call time
-    code: int = 0
     try:
         command.train()
     except SystemExit as stop:
         if isinstance(stop.code, str):
             print(stop.code, file=sys.stderr, flush=True)
-            code = 1
-        else:
-            code = int(stop.code or 0)
+            return 1
+        return int(stop.code or 0)
     except BaseException:  # noqa: BLE001 (a trial's crash is its exit code, as in its own process)
         traceback.print_exc()
-        code = 1
-    finally:
-        dsum.cli.DsumCLI = original_cli
-        _finish_wandb(code)
-        gc.collect()
-    return code
+        return 1
+    return 0
 
 
-def _finish_wandb(code: int) -> None:
-    """Close a W&B run the trial left open (its own process's exit would)."""
+def run_trial_here(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """Run one trial in this process as its own process would run (:func:`_train`), its module reusing the
+    worker's model and generations (see the module docstring); its exit code."""
+    import dsum.cli
+
+    original_cli = dsum.cli.DsumCLI
+
+    class CachingCLI(original_cli):
+        def instantiate_classes(self) -> None:
+            install_setup_model_hook(MODELS)
+            super().instantiate_classes()
+            loaded = MODELS.loaded
+            if loaded is not None and getattr(self.model, "model", None) is loaded.attributes.get("model"):
+                GENERATIONS.wrap(self.model, loaded.identity)
+
+    GENERATIONS.hits = GENERATIONS.misses = 0
+    MODELS.last = ""
+    dsum.cli.DsumCLI = CachingCLI  # command.train() imports it by name at call time
+    code = _train(argv, environ)
+    dsum.cli.DsumCLI = original_cli
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
+    if wandb is not None and getattr(wandb, "run", None) is not None:  # left open: its process's exit would close it
         try:
             wandb.finish(exit_code=code)
         except Exception as error:  # noqa: BLE001 (the trial's result is already recorded)
             warn(f"dsum: W&B run not finished cleanly: {error}")
+    gc.collect()
+    return code
 
 
 def trial_report(code: int) -> dict[str, Any]:
@@ -392,101 +354,141 @@ def trial_report(code: int) -> dict[str, Any]:
             "cached_batches": hits, "generated_batches": misses}
 
 
-@dataclass
-class _Redirect:
+# ------------------------------------------------------------------------------------------- the worker processes
+def _open_as(path: str | Path, *fds: int, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> None:
+    """Open ``path`` (by default a log, appended to) as each of this process's ``fds``."""
+    fd = os.open(path, flags, 0o644)
+    for target in fds:
+        os.dup2(fd, target)
+    os.close(fd)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def _send(stream: Any, message: Mapping[str, Any]) -> None:
+    """One JSON line to ``stream`` (the worker protocol)."""
+    stream.write(json.dumps(message) + "\n")
+    stream.flush()
+
+
+@contextlib.contextmanager
+def _redirected(log: str | Path) -> Iterator[None]:
     """fd 1 and 2 of this process to a trial's log (C code and subprocess output included), then back."""
+    _flush()
+    saved = (os.dup(1), os.dup(2))
+    _open_as(log, 1, 2)
+    try:
+        yield
+    finally:
+        _flush()
+        for fd, kept in zip((1, 2), saved):
+            os.dup2(kept, fd)
+            os.close(kept)
 
-    log: Path
-    saved: tuple[int, int] = (-1, -1)
 
-    def __enter__(self) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.saved = (os.dup(1), os.dup(2))
-        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+def _serve() -> tuple[Any, Any]:
+    """A worker's requests and answers (JSON lines on its stdin and stdout) after the imports every trial would pay
+    and ``{"ready": pid}``. fd 0 is then /dev/null (a trial reads no input), fd 1 the worker's log (its stderr)."""
+    import dsum.cli  # noqa: F401
+    import dsum.sweep.command  # noqa: F401
 
-    def __exit__(self, *exc: Any) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os.dup2(self.saved[0], 1)
-        os.dup2(self.saved[1], 2)
-        os.close(self.saved[0])
-        os.close(self.saved[1])
+    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    _open_as(os.devnull, 0, flags=os.O_RDONLY)
+    os.dup2(2, 1)
+    _send(answers, {"ready": os.getpid()})
+    return requests, answers
 
 
 def worker_main() -> None:
     """``python -m dsum.sweep.inprocess``: read one trial a line on stdin (``{"argv", "env", "log"}``), run it,
     answer one JSON line on stdout; stop at end of input."""
-    import dsum.sweep.command  # noqa: F401 (preloaded: the first trial should not pay it)
-    import dsum.cli  # noqa: F401
-
-    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
-    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)  # a trial reads no input, as with stdin=DEVNULL
-    os.close(null)
-    os.dup2(2, 1)  # between trials: the worker's own log
-    answers.write(json.dumps({"ready": os.getpid()}) + "\n")
-    answers.flush()
+    requests, answers = _serve()
     for line in requests:
         request = json.loads(line)
-        with _Redirect(Path(request["log"])):
+        with _redirected(request["log"]):
             code = run_trial_here(request["argv"], request["env"])
-        answers.write(json.dumps(trial_report(code)) + "\n")
-        answers.flush()
+        _send(answers, trial_report(code))
+
+
+def _child(request: Mapping[str, Any], channels: Sequence[Any]) -> None:
+    """In a fresh fork of the fork server: become the trial's process (log, environment, argv) and run it."""
+    code = 1
+    try:
+        die_with_parent()  # SIGTERM when the fork server dies, as a trial process gets when its worker dies
+        for channel in channels:
+            channel.close()
+        _open_as(request["log"], 1, 2)
+        os.chdir(request["cwd"])
+        code = _train(request["argv"], request["env"])
+    except BaseException:  # noqa: BLE001 (a crash is the trial's exit code, as in its own process)
+        traceback.print_exc()
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def fork_server_main() -> None:
+    """``python -m dsum.sweep.inprocess --fork-server``: torch, Lightning and transformers imported once; for each
+    request line (``{"argv", "env", "log", "cwd"}``) fork a trial process, answer ``{"pid"}`` at once and
+    ``{"code"}`` when it ends. The server itself starts no thread and touches no GPU, so a fork is safe."""
+    from dsum.sweep.cli_keys import native_options
+    from dsum.sweep.mapping import bool_aliases
+
+    native_options(), bool_aliases()  # the CLI parser's keys and types, read once here, not in every forked trial
+    requests, answers = _serve()
+    for line in requests:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(request, (requests, answers))
+        _send(answers, {"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        _send(answers, {"code": os.waitstatus_to_exitcode(status)})
 
 
 # ------------------------------------------------------------------------------------------- the engine side
 class InProcessPool:
-    """One worker process per slot of a local sweep, started at its first decoding trial."""
+    """Per slot of a local sweep, one worker process (decoding trials) and one fork server (training trials)."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.workers: dict[int, subprocess.Popen] = {}
         self.servers: dict[int, subprocess.Popen] = {}  # fork servers of training trials, by slot
-        self.lock = threading.Lock()
 
     @staticmethod
     def takes(command: Sequence[str]) -> bool:
         """Whether this trial's command runs in-process."""
         return decoding_argv(command) is not None
 
-    def _worker(self, slot: int, env: Mapping[str, str]) -> subprocess.Popen:
-        from dsum.sweep.workers import die_with_parent
+    @staticmethod
+    def forks(command: Sequence[str]) -> bool:
+        """Whether this trial's process is forked from the slot's fork server (``fit``/``predict`` of main.py)."""
+        return training_argv(command) is not None
 
-        process = self.workers.get(slot)
-        if process is not None and process.poll() is None:
-            return process
+    def _start(self, args: Sequence[str], log: Path, env: Mapping[str, str]) -> tuple[subprocess.Popen, dict]:
+        """A new ``python -m dsum.sweep.inprocess *args`` (stderr to ``log``), and its first answer."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"slot{slot}.log", "a", encoding="utf-8") as log:
-            process = subprocess.Popen([sys.executable, "-m", "dsum.sweep.inprocess"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=log, env=dict(env), text=True,
+        with open(log, "a", encoding="utf-8") as handle:
+            process = subprocess.Popen([sys.executable, "-m", "dsum.sweep.inprocess", *args], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=handle, env=dict(env), text=True,
                                        preexec_fn=die_with_parent)  # noqa: PLW1509 (async-signal-safe)
-        answer = self._answer(process, WORKER_START_TIMEOUT, lambda: None)
-        if "ready" not in answer:
-            raise InProcessError(f"in-process worker {slot} did not start: {answer}")
-        self.workers[slot] = process
-        return process
+        return process, self._answer(process, WORKER_START_TIMEOUT, lambda: None)
 
     @staticmethod
     def _answer(process: subprocess.Popen, timeout: float | None, beat: Callable[[], None],
                 every: float = 30.0) -> dict[str, Any]:
         """The worker's next JSON line; ``beat()`` every ``every`` seconds meanwhile; ``{"code": rc}`` if it died."""
-        assert process.stdout is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             ready, _, _ = select.select([process.stdout], [], [], every)
             if ready:
                 line = process.stdout.readline()
-                if line:
-                    return json.loads(line)
-                return {"code": process.wait(), "died": True}
+                return json.loads(line) if line else {"code": process.wait(), "died": True}
             beat()
             if deadline is not None and time.monotonic() > deadline:
                 raise InProcessError("in-process worker gave no answer in time")
@@ -498,15 +500,18 @@ class InProcessPool:
         argv = decoding_argv(command)
         if argv is None:
             raise ValueError(f"not a decoding trial: {command}")
+        process = self.workers.get(slot)
         try:
-            process = self._worker(slot, env)
+            if process is None or process.poll() is not None:
+                process, answer = self._start([], self.log_dir / f"slot{slot}.log", env)
+                if "ready" not in answer:
+                    raise InProcessError(f"in-process worker {slot} did not start: {answer}")
+                self.workers[slot] = process
         except (OSError, InProcessError) as error:
             with open(log_path, "a", encoding="utf-8") as log:
                 log.write(f"dsum: cannot start the in-process worker: {error}\n")
             return {"code": None}
-        assert process.stdin is not None
-        process.stdin.write(json.dumps({"argv": argv, "env": dict(env), "log": str(log_path)}) + "\n")
-        process.stdin.flush()
+        _send(process.stdin, {"argv": argv, "env": dict(env), "log": str(log_path)})
         started(process)
         answer = self._answer(process, None, beat, every)
         if answer.get("died"):
@@ -521,72 +526,52 @@ class InProcessPool:
         """Run a :class:`~dsum.sweep.local.LocalSweep` trial here: the worker is the trial's process for
         ``--workers``, SIGTERM and stale-trial checks; heartbeats as for a trial process; what the worker reports
         (model loaded or reused, generation cache) in the trial's user attributes. The trial's exit code."""
-        from dsum.sweep.trials import (
-            HEARTBEAT_ATTR, HEARTBEAT_SECONDS, TRIAL_PID_ATTR, TRIAL_STARTED_ATTR, process_started,
-        )
+        from dsum.sweep import trials
 
         trial = claim.trial
 
         def started(process: subprocess.Popen) -> None:
             sweep.running[claim.number] = process
             try:
-                trial.set_user_attr(TRIAL_PID_ATTR, process.pid)
-                trial.set_user_attr(TRIAL_STARTED_ATTR, process_started(process.pid))
+                trial.set_user_attr(trials.TRIAL_PID_ATTR, process.pid)
+                trial.set_user_attr(trials.TRIAL_STARTED_ATTR, trials.process_started(process.pid))
             except Exception as error:  # noqa: BLE001 (a storage hiccup must not stop the trial)
                 warn(f"dsum: trial {claim.number}: its pid was not recorded ({error})")
 
         def beat() -> None:
             try:
-                trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+                trial.set_user_attr(trials.HEARTBEAT_ATTR, time.time())
             except Exception as error:  # noqa: BLE001
                 warn(f"dsum: trial {claim.number}: heartbeat not recorded ({error})")
 
         try:
-            answer = self.run(slot, command, env, log_path, started, beat, HEARTBEAT_SECONDS)
+            answer = self.run(slot, command, env, log_path, started, beat, trials.HEARTBEAT_SECONDS)
         finally:
             sweep.running.pop(claim.number, None)
         trial.set_user_attr("in_process", True)
-        for key in ("model", "generation_cache", "cached_batches", "generated_batches"):
+        for key in REPORT_KEYS:
             if answer.get(key) is not None:
                 trial.set_user_attr(key, answer[key])
         return answer.get("code")
 
-    @staticmethod
-    def forks(command: Sequence[str]) -> bool:
-        """Whether this trial's process is forked from the slot's fork server (``fit``/``predict`` of main.py)."""
-        return training_argv(command) is not None
-
     def fork(self, slot: int, command: Sequence[str], env: Mapping[str, str], log_path: Path) -> ForkedTrial:
-        """Start a training trial as a fork of slot ``slot``'s fork server (started at its first trial).
-
-        Raises:
-            OSError: the fork server could not start or died before forking.
-        """
-        from dsum.sweep.workers import die_with_parent
-
+        """Start a training trial as a fork of slot ``slot``'s fork server (started at its first trial); OSError if
+        the server could not start or died before forking."""
         argv = training_argv(command)
         if argv is None:
             raise ValueError(f"not a training trial: {command}")
         server = self.servers.get(slot)
         if server is None or server.poll() is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.log_dir / f"fork_server{slot}.log", "a", encoding="utf-8") as log:
-                server = subprocess.Popen([sys.executable, "-m", "dsum.sweep.inprocess", "--fork-server"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=dict(env),
-                                          text=True, preexec_fn=die_with_parent)  # noqa: PLW1509
+            log = self.log_dir / f"fork_server{slot}.log"
             try:
-                answer = self._answer(server, WORKER_START_TIMEOUT, lambda: None)
+                server, answer = self._start(["--fork-server"], log, env)
             except InProcessError as error:
                 raise OSError(str(error)) from None
             if "ready" not in answer:
-                raise OSError(f"the fork server did not start (exit code {answer.get('code')}); see "
-                              f"{self.log_dir / f'fork_server{slot}.log'}")
+                raise OSError(f"the fork server did not start (exit code {answer.get('code')}); see {log}")
             self.servers[slot] = server
-        assert server.stdin is not None
         try:
-            server.stdin.write(json.dumps({"argv": argv, "env": dict(env), "log": str(log_path),
-                                           "cwd": os.getcwd()}) + "\n")
-            server.stdin.flush()
+            _send(server.stdin, {"argv": argv, "env": dict(env), "log": str(log_path), "cwd": os.getcwd()})
             answer = self._answer(server, WORKER_START_TIMEOUT, lambda: None)
         except (OSError, InProcessError) as error:
             self.servers.pop(slot, None)
@@ -597,105 +582,23 @@ class InProcessPool:
         return ForkedTrial(server, int(answer["pid"]))
 
     def close(self) -> None:
-        """End every worker (end of input), waiting a little for each."""
-        self.workers.update({-1 - slot: server for slot, server in self.servers.items()})
-        self.servers.clear()
-        for process in self.workers.values():
+        """End every worker and fork server (end of input), waiting a little for each."""
+        for process in [*self.workers.values(), *self.servers.values()]:
             try:
-                if process.stdin is not None:
-                    process.stdin.close()
+                process.stdin.close()
                 process.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):
                 process.kill()
                 process.wait()
         self.workers.clear()
+        self.servers.clear()
 
 
 def summary_field(trials: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """``{run_id: {model, generation_cache, cached_batches, generated_batches}}`` of the in-process trials
     (Optuna frozen trials with the user attributes :meth:`InProcessPool.run` reports)."""
-    rows = {}
-    for trial in trials:
-        attrs = trial.user_attrs
-        if attrs.get("in_process") and attrs.get("run_id"):
-            rows[attrs["run_id"]] = {k: attrs.get(k) for k in ("model", "generation_cache", "cached_batches",
-                                                                 "generated_batches")}
-    return rows
-
-
-# ------------------------------------------------------------------------------------------- training trials: forks
-def training_argv(command: Sequence[str]) -> list[str] | None:
-    """:func:`main_py_argv` of a ``fit`` (or ``predict``) trial (these fork from the preloaded server)."""
-    return main_py_argv(command, ("fit", "predict"))
-
-
-def _child(request: Mapping[str, Any], channels: Sequence[Any]) -> None:
-    """In a fresh fork of the fork server: become the trial's process (log, environment, argv) and run it."""
-    code = 1
-    try:
-        from dsum.sweep.workers import die_with_parent
-
-        die_with_parent()  # SIGTERM when the fork server dies, as a trial process gets when its worker dies
-        for channel in channels:
-            channel.close()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        sys.argv = list(request["argv"])
-        from dsum.sweep import command
-
-        try:
-            command.train()
-            code = 0
-        except SystemExit as stop:
-            if isinstance(stop.code, str):
-                print(stop.code, file=sys.stderr, flush=True)
-            code = 1 if isinstance(stop.code, str) else int(stop.code or 0)
-    except BaseException:  # noqa: BLE001 (a crash is the trial's exit code, as in its own process)
-        traceback.print_exc()
-        code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
-
-
-def fork_server_main() -> None:
-    """``python -m dsum.sweep.inprocess --fork-server``: torch, Lightning and transformers imported once; for each
-    request line (``{"argv", "env", "log", "cwd"}``) fork a trial process, answer ``{"pid"}`` at once and
-    ``{"code"}`` when it ends. The server itself starts no thread and touches no GPU, so a fork is safe."""
-    import dsum.cli  # noqa: F401 (the imports every trial would pay)
-    import dsum.sweep.command  # noqa: F401
-    from dsum.sweep.cli_keys import native_options
-    from dsum.sweep.mapping import bool_aliases
-
-    native_options(), bool_aliases()  # the CLI parser's keys and types, read once here, not in every forked trial
-
-    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
-    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    answers.write(json.dumps({"ready": os.getpid()}) + "\n")
-    answers.flush()
-    for line in requests:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _child(request, (requests, answers))
-        answers.write(json.dumps({"pid": pid}) + "\n")
-        answers.flush()
-        _, status = os.waitpid(pid, 0)
-        answers.write(json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n")
-        answers.flush()
+    return {attrs["run_id"]: {k: attrs.get(k) for k in REPORT_KEYS}
+            for attrs in (trial.user_attrs for trial in trials) if attrs.get("in_process") and attrs.get("run_id")}
 
 
 class ForkedTrial:
@@ -717,36 +620,26 @@ class ForkedTrial:
 
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def _answer(self, timeout: float | None) -> int | None:
-        if self.returncode is not None:
-            return self.returncode
-        if not self.reading.acquire(blocking=timeout != 0.0):
-            return None  # another thread is waiting for the answer: still running
-        try:
-            if self.returncode is not None:
-                return self.returncode
-            assert self.server.stdout is not None
-            ready, _, _ = select.select([self.server.stdout], [], [], timeout)
-            if not ready:
-                return None
-            line = self.server.stdout.readline()
-            # The server died (its trial then got SIGTERM): the trial's code is unknown, its record decides.
-            self.returncode = json.loads(line)["code"] if line else (self.server.wait() or 1)
-            return self.returncode
-        finally:
-            self.reading.release()
+        """The exit code, None while the trial runs (also while another thread is waiting for it)."""
+        if self.returncode is None and self.reading.acquire(blocking=timeout != 0.0):
+            try:
+                if self.returncode is None and select.select([self.server.stdout], [], [], timeout)[0]:
+                    line = self.server.stdout.readline()
+                    # The server died (its trial then got SIGTERM): the trial's code is unknown, its record decides.
+                    self.returncode = json.loads(line)["code"] if line else (self.server.wait() or 1)
+            finally:
+                self.reading.release()
+        return self.returncode
 
 
 def run_sweep(sweep: Any, in_process: bool | None = None) -> dict[str, Any]:
-    """``sweep.run()`` (a :class:`~dsum.sweep.local.LocalSweep`) with its decoding trials in-process unless
-    opted out (:func:`in_process_enabled`); the summary gets ``in_process`` (:func:`summary_field`), also when
-    the sweep stops early."""
-    from dsum.infra.files import atomic_write_json
+    """``sweep.run()`` (a :class:`~dsum.sweep.local.LocalSweep`) with its decoding trials in-process unless opted out
+    (:func:`in_process_enabled`); the summary gets ``in_process`` (:func:`summary_field`), also when it stops early."""
+    from dsum.infra.files import atomic_write_json, read_json
     from dsum.infra.secrets import redact
 
     if not in_process_enabled(in_process):
@@ -761,9 +654,7 @@ def run_sweep(sweep: Any, in_process: bool | None = None) -> dict[str, Any]:
         rows = summary_field(sweep.study.get_trials(deepcopy=False))
         path = sweep.sweep_dir / f"{sweep.study_id}_summary.json"
         if rows and path.is_file():
-            written = json.loads(path.read_text(encoding="utf-8"))
-            written["in_process"] = rows
-            atomic_write_json(path, redact(written))
+            atomic_write_json(path, redact({**read_json(path), "in_process": rows}))
             if summary is not None:
                 summary["in_process"] = rows
 
@@ -771,24 +662,11 @@ def run_sweep(sweep: Any, in_process: bool | None = None) -> dict[str, Any]:
 def run_wandb_agent(sweep_id: str, name: str, config: Mapping[str, Any], count: int | None = None,
                     project: str | None = None, entity: str | None = None,
                     agent: Callable[..., Any] | None = None) -> int:
-    """A W&B agent whose decoding trials run in this machine's in-process worker.
-
-    W&B's Python agent (``wandb.agent(sweep, function=...)``) calls ``function`` once per trial in this process,
-    with the trial's ``WANDB_RUN_ID``, ``WANDB_SWEEP_ID`` and ``WANDB_SWEEP_PARAM_PATH`` set, as ``wandb agent``
-    sets them for a trial process. The function builds the trial's command exactly as ``wandb agent`` would from the
-    sweep's ``command`` (:func:`dsum.sweep.trials.agent_command`) and hands a ``validate``/``test`` trial to the
-    worker (model kept loaded, generations reused), anything else to a process of its own. The trial opens its own
-    W&B run with that id, as a trial process does. Returns the number of failed trials.
-
-    Args:
-        sweep_id: The W&B sweep.
-        name: The sweep's name (its output directory ``outputs/sweep_<name>``).
-        config: The sweep's YAML config (its ``command`` and ``program``).
-        count: Trials this agent runs (default: until the sweep ends).
-        project: W&B project.
-        entity: W&B entity.
-        agent: ``wandb.agent`` (a stand-in in tests).
-    """
+    """A W&B agent whose ``validate``/``test`` trials run in this machine's in-process worker, anything else in a
+    process of its own; the number of failed trials. ``agent`` (``wandb.agent`` or a stand-in) calls ``trial`` once
+    per trial with ``WANDB_RUN_ID``, ``WANDB_SWEEP_ID`` and ``WANDB_SWEEP_PARAM_PATH`` set, which runs the command
+    ``wandb agent`` would build from ``config`` (the sweep's YAML, :func:`dsum.sweep.trials.agent_command`) under
+    ``outputs/sweep_<name>``."""
     import yaml
 
     from dsum.sweep.summary import sweep_dir_for
@@ -806,8 +684,7 @@ def run_wandb_agent(sweep_id: str, name: str, config: Mapping[str, Any], count: 
 
     def trial() -> None:
         run_id = os.environ["WANDB_RUN_ID"]
-        with open(os.environ["WANDB_SWEEP_PARAM_PATH"], encoding="utf-8") as handle:
-            entries = yaml.safe_load(handle) or {}
+        entries = yaml.safe_load(Path(os.environ["WANDB_SWEEP_PARAM_PATH"]).read_text(encoding="utf-8")) or {}
         params = {key: entry["value"] for key, entry in entries.items() if key != "wandb_version"}
         args_json = sweep_dir / "logs" / f"{run_id}.args.json"
         command, wants_json = trial_command(config, params, args_json)

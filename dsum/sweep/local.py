@@ -1,41 +1,25 @@
 """``python -m dsum.sweep local``: the same sweep YAMLs on Optuna, without a W&B server.
 
-Every trial is launched exactly as ``wandb agent`` launches one: the YAML's ``command:`` expanded by wandb's
-own helpers, ``WANDB_SWEEP_ID`` / ``WANDB_RUN_ID`` / ``WANDB_SWEEP_PARAM_PATH`` in its environment (the
-parameter file in the agent's format), one process tree per trial. The trial's result is read from the run
-record it writes (``run.json`` / ``validate.json``), never from its log.
+Each trial is launched as ``wandb agent`` launches one (the YAML's ``command:`` expanded by wandb's own helpers,
+``WANDB_SWEEP_ID`` / ``WANDB_RUN_ID`` / ``WANDB_SWEEP_PARAM_PATH`` set), in a process tree of its own; its result is
+read from the run record it writes (``run.json`` / ``validate.json``), never from its log. ``grid`` queues every
+combination once, in W&B's order; ``random`` is W&B's own sampling; ``bayes`` is Optuna's TPE over the same
+distributions (one it cannot draw exactly is refused); ``early_terminate: hyperband`` is W&B's rule
+(:class:`dsum.sweep.pruning.WandbHyperbandPruner`), which trials apply to themselves (run record ``pruned``).
 
-- ``grid``: every combination once, in the YAML's order (W&B's order and de-duplication), queued in the
-  study once; workers pop the queue, so no combination runs twice, whichever worker or machine takes it.
-- ``random``: W&B's own sampling (:func:`dsum.sweep.spec.sample_params`, ``probabilities`` included).
-- ``bayes``: Optuna's TPE over the same distributions; a distribution TPE cannot draw exactly
-  (``normal``, ``beta``, ``probabilities``, ...) is refused, naming the parameter.
-- ``early_terminate: hyperband``: W&B's rule (:class:`dsum.sweep.pruning.WandbHyperbandPruner`); trials
-  report after each validation and stop themselves (run record status ``pruned``).
+Storage: an Optuna journal ``outputs/sweep_<name>/optuna.journal`` by default, or a database URL (``--storage
+sqlite:///...``, ``postgresql://...``) to share a study between machines; rerunning a command resumes its study.
+On PostgreSQL, claims hold an advisory lock (:func:`database_lock`), so ``run_cap`` and the grid hold across machines.
 
-Storage: an Optuna journal file ``outputs/sweep_<name>/optuna.journal`` by default (safe for many worker
-processes on one machine), or any database URL (``--storage sqlite:///...``, ``postgresql://...``) to share a
-study between machines. Rerunning the same command resumes the same study (:func:`local_study_id`). On
-PostgreSQL, claims (and queuing the grid) hold an advisory lock, so ``run_cap`` and the grid hold across machines
-(:func:`database_lock`); every machine's summary is written from the study, so they agree.
-
-A trial whose worker died while it ran (killed sweep, lost machine) is settled when a worker next claims a
-trial: its process is stopped if it still runs (so ``--workers`` holds across restarts), its result is kept if
-it had finished, else it is marked failed (its run record too, never ``running`` forever) and its parameters
-are queued again, up to :data:`MAX_TRIAL_RETRIES` times; the summary lists these retries. Trial processes get
-SIGTERM when their worker dies (``PR_SET_PDEATHSIG``), so a killed driver leaves no orphan running.
-Optuna's own heartbeats (``fail_stale_trials``) exist only for database storages, so the sweep keeps its own:
-each running trial records its worker's host (``$DSUM_SWEEP_HOST``, default the host name), pid and a heartbeat
-(every ``$DSUM_SWEEP_HEARTBEAT_SECONDS``, from a thread of its own) and the trial process's pid; a trial is stale
-when its worker's process is gone (same host, checked at once) or its heartbeat is older than
-``$DSUM_SWEEP_STALE_AFTER_SECONDS`` (default :data:`STALE_AFTER_SECONDS`; another host). A worker with nothing left
-to claim waits while other workers' trials run, so whichever machine is left runs the retries of a dead one. A
-sweep value holding a secret is refused before anything is written (Optuna's journal and W&B's files would keep
-it in clear).
-
-The study's bookkeeping (its id and storage, what each trial records, stale trials) is in
-:mod:`dsum.sweep.trials`, the search space (grid order, TPE distributions) in :mod:`dsum.sweep.search_space`;
-this module is the engine, and every name it had before the split is still importable from it.
+A trial whose worker died is settled at the next claim: its process stopped, its result kept if it had finished,
+else marked failed and its parameters queued again (up to :data:`MAX_TRIAL_RETRIES` times). It is stale when its
+worker's process is gone (same host) or its heartbeat is older than ``$DSUM_SWEEP_STALE_AFTER_SECONDS`` (another
+host, named by ``$DSUM_SWEEP_HOST``, default the host name; Optuna's own heartbeats exist only for databases).
+A worker with nothing left to claim waits while others' trials run, so whichever machine is left runs the retries.
+Trials get SIGTERM when their worker dies.
+A sweep value holding a secret is refused before anything is written (Optuna's journal and W&B's files would keep
+it in clear). Bookkeeping is in :mod:`dsum.sweep.trials`, the search space in :mod:`dsum.sweep.search_space`;
+every name this module had before they were split off still imports from it.
 """
 
 from __future__ import annotations
@@ -70,83 +54,45 @@ from dsum.infra.secrets import redact, redact_text, refuse_secret_values
 from dsum.sweep import pruning
 from dsum.sweep.search_space import check_bayes_space, grid_combinations, suggest_param
 from dsum.sweep.spec import load_sweep, sample_params, validate_sweep
-from dsum.sweep.summary import (
-    TRIAL_RECORDS, evaluated_version, record_metric, summarize, sweep_dir_for, trial_record,
-)
+from dsum.sweep.summary import TRIAL_RECORDS, evaluated_version, record_metric, summarize, sweep_dir_for, trial_record
 from dsum.sweep.trials import (
-    GRID_ATTR,
-    HEARTBEAT_ATTR,
-    HEARTBEAT_SECONDS,
-    HOST_ATTR,
-    PARAMS_ATTR,
-    PID_ATTR,
-    PID_STARTED_ATTR,
-    REQUEUED_ATTR,
-    RETRY_ATTR,
-    RETRY_OF_ATTR,
-    RUN_ID_ATTR,
-    SKIPPED_ATTR,
-    STATE_ATTR,
-    TRIAL_PID_ATTR,
-    TRIAL_STARTED_ATTR,
-    Claim,
-    Outcome,
-    agent_command,
-    display_url,
-    is_stale,
-    local_study_id,
-    mark_record_failed,
-    process_started,
-    stop_trial_process,
-    storage_url,
+    GRID_ATTR, HEARTBEAT_ATTR, HEARTBEAT_SECONDS, HOST_ATTR, PARAMS_ATTR, PID_ATTR, PID_STARTED_ATTR, REQUEUED_ATTR,
+    RETRY_ATTR, RETRY_OF_ATTR, RUN_ID_ATTR, SKIPPED_ATTR, STALE_AFTER_SECONDS, STATE_ATTR, TRIAL_PID_ATTR,
+    TRIAL_STARTED_ATTR, Claim, Outcome, agent_command, display_url, is_stale, local_study_id, mark_record_failed,
+    process_started, stop_trial_process, storage_url,
 )
+# Names defined here before trials.py and search_space.py were split off.
+from dsum.sweep.search_space import BAYES_FLOATS, BAYES_OTHERS  # noqa: F401
+from dsum.sweep.trials import SEARCH_KEYS, STORAGE_FILE  # noqa: F401
 from dsum.sweep.wandb_backend import SWEEP_DIR_ENV, sweep_name
 from dsum.sweep.workers import cpu_threads_env, die_with_parent, gpu_groups, visible_gpus
 
-# Defined here before trials.py and search_space.py were split off; still importable from here.
-from dsum.sweep.search_space import BAYES_FLOATS as BAYES_FLOATS
-from dsum.sweep.search_space import BAYES_OTHERS as BAYES_OTHERS
-from dsum.sweep.trials import SEARCH_KEYS as SEARCH_KEYS
-from dsum.sweep.trials import STALE_AFTER_SECONDS as STALE_AFTER_SECONDS
-from dsum.sweep.trials import STORAGE_FILE as STORAGE_FILE
-
 LOCK_FILE = ".local_sweep.lock"
 INTERRUPT_GRACE_SECONDS = 60.0
-# A trial whose worker died is queued again with the same parameters, at most this many times.
-MAX_TRIAL_RETRIES = 2
-# Trial user attribute: the trial wrote a run record (the summary lists it, as it lists records).
-RECORDED_ATTR = "dsum_recorded"
-# Several machines on one database: each names itself (default: its host name), and its heartbeats' period and
-# how old the last one may be before its running trials count as stale can be set (seconds).
+MAX_TRIAL_RETRIES = 2  # times a trial whose worker died is queued again
+RECORDED_ATTR = "dsum_recorded"  # trial user attribute: it wrote a run record (the summary lists it)
+# A machine's name (default: its host name), its heartbeats' period, and the heartbeat age past which another
+# machine's running trials count as stale (seconds).
 HOST_ENV = "DSUM_SWEEP_HOST"
 HEARTBEAT_ENV = "DSUM_SWEEP_HEARTBEAT_SECONDS"
 STALE_AFTER_ENV = "DSUM_SWEEP_STALE_AFTER_SECONDS"
-# The longest a worker waits between looks at trials other workers still run (it waits for them to end or go
-# stale before it calls the study done, so a trial whose machine died is run again).
-FOLLOW_SECONDS = 5.0
+FOLLOW_SECONDS = 5.0  # the longest a worker waits between looks at the trials other workers still run
 
 
 class SweepStopped(SystemExit):
     """The sweep stopped before its budget: too many failed trials in a row, or interrupted."""
 
 
-# ------------------------------------------------------------------------------------------- machines
 def has_record(run_dir: Path) -> bool:
     """Whether a trial's run record (``run.json`` / ``validate.json``) is in ``run_dir``."""
     return any((run_dir / name).is_file() for name in TRIAL_RECORDS)
 
 
 def env_seconds(name: str, default: float) -> float:
-    """A positive number of seconds from environment variable ``name``, else ``default``.
-
-    Raises:
-        ValueError: naming the variable and its value, when it is not a positive number.
-    """
+    """A positive number of seconds from environment variable ``name``, else ``default`` (ValueError if not)."""
     text = os.environ.get(name)
-    if not text:
-        return default
     try:
-        value = float(text)
+        value = float(text) if text else default
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
@@ -156,8 +102,7 @@ def env_seconds(name: str, default: float) -> float:
 
 @contextmanager
 def database_lock(engine: Any, name: str) -> Iterator[None]:
-    """Hold a PostgreSQL advisory lock named ``name`` (every machine on the database waits for it); on other
-    databases, nothing (a machine's own file lock is all there is)."""
+    """Hold PostgreSQL advisory lock ``name`` (every machine on the database waits for it); elsewhere, nothing."""
     if engine is None or engine.dialect.name != "postgresql":
         yield
         return
@@ -187,7 +132,6 @@ def open_shared_storage(url: str) -> optuna.storages.BaseStorage:
         engine.dispose()
 
 
-# ------------------------------------------------------------------------------------------- processes
 def local_worker_command(sweep_file: str | Path, count: int | None, storage: str | None,
                          gpus_per_worker: int = 1) -> list[str]:
     """The argv of one local worker process (``parallel --engine local`` starts several)."""
@@ -201,22 +145,18 @@ def local_worker_command(sweep_file: str | Path, count: int | None, storage: str
     return command
 
 
-# ------------------------------------------------------------------------------------------- the sweep
 class LocalSweep:
     """One invocation of ``local``: a study, K worker threads, each running one trial process at a time."""
 
-    # Decoding trials' long-lived workers and training trials' fork servers (dsum.sweep.inprocess.InProcessPool);
-    # None: every trial a process of its own, started from scratch.
+    # dsum.sweep.inprocess.InProcessPool (long-lived decoding workers, fork servers), or None: a fresh process each.
     in_process: Any = None
 
     def __init__(self, sweep_file: str | Path, count: int | None, workers: int, storage: str | None,
                  max_consecutive_failures: int, gpus_per_worker: int = 1) -> None:
-        if count is not None and count < 1:
-            raise ValueError(f"--count must be at least 1, got {count}")
-        if workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {workers}")
-        if max_consecutive_failures < 1:
-            raise ValueError(f"--max_consecutive_failures must be at least 1, got {max_consecutive_failures}")
+        limits = {"count": count, "workers": workers, "max_consecutive_failures": max_consecutive_failures}
+        for flag, value in limits.items():
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} must be at least 1, got {value}")
         self.sweep_file = Path(sweep_file)
         self.config = load_sweep(sweep_file)
         # Before anything is written: Optuna's journal and W&B's files would hold a secret value in clear.
@@ -236,7 +176,7 @@ class LocalSweep:
         self.goal: str = metric.get("goal", "maximize")
         self.name = sweep_name(self.config, sweep_file)
         self.study_id = local_study_id(sweep_file, self.config)
-        self.sweep_dir = Path(os.environ.get(SWEEP_DIR_ENV) or sweep_dir_for(self.name)).resolve()
+        self.sweep_dir = sweep_dir_for(self.name).resolve()
         self.storage_url = storage_url(storage, self.sweep_dir)
         self.count, self.workers, self.max_failures = count, workers, max_consecutive_failures
         self.run_cap: int | None = self.config.get("run_cap")
@@ -268,20 +208,17 @@ class LocalSweep:
         self.storage = open_shared_storage(self.storage_url)
         self.study = self._open_study()
 
-    # -------------------------------------------------------------------------------- study
     @contextmanager
     def _claim_lock(self) -> Iterator[None]:
-        """Serialise study set-up and trial claims between this process's threads, other worker processes on
-        this machine and, on PostgreSQL, every machine sharing the study (run_cap and --count are counted in the
-        storage under it; the grid is queued once)."""
+        """Serialise study set-up and trial claims between this process's threads, this machine's other workers
+        and, on PostgreSQL, every machine sharing the study (so run_cap holds and the grid is queued once)."""
         with (self.lock, FileLock(self.sweep_dir / LOCK_FILE),
               database_lock(getattr(self.storage, "engine", None), f"dsum.sweep: {self.study_id}")):
             yield
 
     def _open_study(self) -> optuna.Study:
         if self.method == "bayes":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
                 sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(constant_liar=True)
         else:
             sampler = optuna.samplers.RandomSampler()  # unused: grid and random fix every value themselves
@@ -300,15 +237,6 @@ class LocalSweep:
                 study.set_user_attr(GRID_ATTR, len(self.combos))
         return study
 
-    def _is_stale(self, trial: optuna.trial.FrozenTrial, now: float) -> bool:
-        """:func:`dsum.sweep.trials.is_stale`, with this sweep's limit on another host's heartbeat age
-        (``$DSUM_SWEEP_STALE_AFTER_SECONDS``, default :data:`STALE_AFTER_SECONDS`)."""
-        attrs = trial.user_attrs
-        if attrs.get(HOST_ATTR) == self.host and PID_ATTR in attrs:
-            return is_stale(trial, now, self.host)  # this machine: whether the worker process still runs
-        last = attrs.get(HEARTBEAT_ATTR) or (trial.datetime_start.timestamp() if trial.datetime_start else now)
-        return now - float(last) > self.stale_after
-
     def _others_running(self, trials: list[optuna.trial.FrozenTrial]) -> list[str]:
         """``host:pid`` of the workers other than this process that still run a trial of the study."""
         return [f"{t.user_attrs.get(HOST_ATTR, '?')}:{t.user_attrs.get(PID_ATTR, '?')}" for t in trials
@@ -316,14 +244,13 @@ class LocalSweep:
                 and (t.user_attrs.get(HOST_ATTR), t.user_attrs.get(PID_ATTR)) != (self.host, self.pid)]
 
     def _fail_stale(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
-        """Settle every RUNNING trial whose worker is gone: stop its process if it still runs (so ``--workers``
-        holds), take its result if it finished, else fail it and queue its parameters again (up to
-        :data:`MAX_TRIAL_RETRIES` times). Returns whether any trial was settled."""
+        """Settle every RUNNING trial whose worker is gone: stop its process (so ``--workers`` holds), take its result
+        if it finished, else fail it and queue its parameters again. Returns whether any trial was settled."""
         now = time.time()
         study_id = self.storage.get_study_id_from_name(self.study_id)
         settled = False
         for trial in trials:
-            if trial.state != TrialState.RUNNING or not self._is_stale(trial, now):
+            if trial.state != TrialState.RUNNING or not is_stale(trial, now, self.host, self.stale_after):
                 continue
             settled = True
             attrs = trial.user_attrs
@@ -339,10 +266,8 @@ class LocalSweep:
                     for key, value in {STATE_ATTR: outcome.label, "metric": outcome.value}.items():
                         if value is not None:
                             self.storage.set_trial_user_attr(trial_id, key, value)
-                    if outcome.state == TrialState.COMPLETE:
-                        self.study.tell(trial.number, outcome.value, skip_if_finished=True)
-                    else:
-                        self.study.tell(trial.number, state=outcome.state, skip_if_finished=True)
+                    self.study.tell(trial.number, outcome.value if outcome.state == TrialState.COMPLETE else None,
+                                    state=outcome.state, skip_if_finished=True)
                     print(f"dsum: trial {trial.number} {run_id} {outcome.label} (its worker {owner} died after "
                           "the trial ended)", flush=True)
                     continue
@@ -373,13 +298,12 @@ class LocalSweep:
     def _claim(self) -> Claim | None:
         """Take the next trial, or None when the sweep is done (count, run_cap, grid exhausted, stopped).
 
-        When run_cap is reached or the grid's queue is empty while other workers (other processes, other
-        machines) still run trials, wait for those to end: one whose worker dies goes stale, is queued again,
-        and this worker runs it, so the study is finished by whichever machine is left."""
+        With nothing left to claim while other workers still run trials, wait for those to end: one whose worker
+        dies goes stale and is queued again here, so whichever machine is left finishes the study."""
         announced = False
         while True:
             claim = self._claim_once()
-            if not isinstance(claim, list):
+            if not isinstance(claim, list):  # a list: the other workers' running trials
                 return claim
             if not announced:
                 note(f"dsum: waiting for the trials other workers run ({', '.join(claim)}) to end, or to go stale "
@@ -432,7 +356,6 @@ class LocalSweep:
         if self.stop_reason is None:
             self.stop_reason = reason
 
-    # -------------------------------------------------------------------------------- one trial
     def _trial_env(self, claim: Claim, param_path: Path, slot: int) -> dict[str, str]:
         env = {
             **os.environ,
@@ -462,31 +385,30 @@ class LocalSweep:
         log_path = self.sweep_dir / "logs" / f"{claim.run_id}.log"
         param_dir = self.sweep_dir / "wandb" / f"sweep-{self.study_id}"
         param_path = param_dir / f"config-{claim.run_id}.yaml"
-        args = {name: {"value": value} for name, value in claim.params.items()}
-        save_config_file_from_dict(str(param_path), args)  # what the agent writes
-        command, wants_json = agent_command(self.config, claim.params, param_dir / f"config-{claim.run_id}.json")
+        json_path = param_dir / f"config-{claim.run_id}.json"
+        save_config_file_from_dict(str(param_path), {name: {"value": value} for name, value in claim.params.items()})
+        command, wants_json = agent_command(self.config, claim.params, json_path)
         if wants_json:
-            (param_dir / f"config-{claim.run_id}.json").write_text(json.dumps(claim.params), encoding="utf-8")
+            json_path.write_text(json.dumps(claim.params), encoding="utf-8")
         claim.trial.set_user_attr("log_file", str(log_path))
         claim.trial.set_user_attr("run_dir", str(run_dir))
+        env = self._trial_env(claim, param_path, slot)
         started = time.monotonic()
         code: int | None = None
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(f"dsum: trial {claim.number} run {claim.run_id}: {redact_text(shlex.join(command))}\n")
             log.flush()
             if self.in_process is not None and self.in_process.takes(command):  # validate/test: the slot's worker
-                code = self.in_process.run_claim(self, claim, slot, command,
-                                                 self._trial_env(claim, param_path, slot), log_path)
+                code = self.in_process.run_claim(self, claim, slot, command, env, log_path)
                 return self._outcome(code, run_dir, time.monotonic() - started)
             try:
                 # The trial gets SIGTERM when its worker dies (it saves last.ckpt and records `interrupted`):
                 # a killed driver leaves no orphan running beside the next driver's trials.
                 if self.in_process is not None and self.in_process.forks(command):  # fit: a fork, imports done
-                    process = self.in_process.fork(slot, command, self._trial_env(claim, param_path, slot), log_path)
+                    process = self.in_process.fork(slot, command, env, log_path)
                 else:
-                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, env=self._trial_env(claim, param_path, slot),
-                                               preexec_fn=die_with_parent)  # noqa: PLW1509 (async-signal-safe)
+                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                               env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 (async-signal-safe)
             except OSError as error:
                 log.write(f"dsum: cannot start the trial: {error}\n")
             else:
@@ -497,18 +419,14 @@ class LocalSweep:
                 except Exception as error:  # noqa: BLE001 (a storage hiccup must not orphan the trial process)
                     warn(f"dsum: trial {claim.number}: its pid was not recorded ({error})")
                 try:
-                    code = self._wait(process, claim)
+                    code = process.wait()  # (its heartbeats: _beat)
                 finally:
                     self.running.pop(claim.number, None)
         return self._outcome(code, run_dir, time.monotonic() - started)
 
-    def _wait(self, process: subprocess.Popen, claim: Claim) -> int:
-        return process.wait()  # (its heartbeats: _beat)
-
     def _beat(self) -> None:
-        """Record a heartbeat on every trial this process holds, every ``$DSUM_SWEEP_HEARTBEAT_SECONDS``, until
-        the sweep ends: from a thread of its own, so a slow trial start or a busy machine never leaves a claimed
-        trial silent long enough to look stale to other machines."""
+        """Record a heartbeat on every trial this process holds, every ``$DSUM_SWEEP_HEARTBEAT_SECONDS``, until the
+        sweep ends: from a thread of its own, so a slow trial start never makes a claimed trial look stale."""
         while not self.ended.wait(self.heartbeat_seconds):
             for number, trial in list(self.held.items()):
                 try:
@@ -531,9 +449,10 @@ class LocalSweep:
                            f"exit code {code}, no run record in {run_dir}")
         if (code != 0 and not dead_worker) or status in ("failed", "interrupted", "running"):
             label = "interrupted" if status == "interrupted" else "failed"
-            return Outcome(TrialState.FAIL, label, None, seconds, code, f"exit code {code}, run record {status!r}"
-                           + (f": {record['history'][-1].get('error')}" if record.get("history") and
-                              record["history"][-1].get("error") else ""))
+            history = record.get("history") or []
+            error = history[-1].get("error") if history else None
+            return Outcome(TrialState.FAIL, label, None, seconds, code,
+                           f"exit code {code}, run record {status!r}" + (f": {error}" if error else ""))
         value = record_metric(record, self.metric, self.goal)
         if status == "pruned":
             return Outcome(TrialState.PRUNED, "pruned", value, seconds, code)
@@ -546,8 +465,7 @@ class LocalSweep:
 
     def _trial_rows(self) -> list[dict[str, Any]]:
         """The summary's rows, from the study (so every machine sharing it writes the same summary): each trial
-        that wrote a run record, or still runs. The exported model and the registry version a trial tuned come
-        from its record, where this machine can read its run directory (its own, or a shared file system)."""
+        that wrote a run record, or still runs; its exported model and tuned version where its record is readable."""
         rows = []
         for trial in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
             attrs = trial.user_attrs
@@ -572,13 +490,11 @@ class LocalSweep:
         return rows
 
     def _retries(self) -> list[dict[str, Any]]:
-        """Trials whose worker died, and what became of their parameters (for the summary)."""
+        """Trials whose worker died (``REQUEUED_ATTR``), and what became of their parameters (for the summary)."""
         trials = self.study.get_trials(deepcopy=False)
         retried_by = {t.user_attrs[RETRY_OF_ATTR]: t for t in trials if RETRY_OF_ATTR in t.user_attrs}
         rows = []
-        for trial in sorted(trials, key=lambda t: t.number):
-            if REQUEUED_ATTR not in trial.user_attrs:  # set on every trial failed because its worker died
-                continue
+        for trial in sorted((t for t in trials if REQUEUED_ATTR in t.user_attrs), key=lambda t: t.number):
             retry = retried_by.get(trial.number)
             rows.append({
                 "trial": trial.number, "run_id": trial.user_attrs.get(RUN_ID_ATTR),
@@ -599,10 +515,7 @@ class LocalSweep:
                            RECORDED_ATTR: has_record(self.sweep_dir / "runs" / claim.run_id)}.items():
             if value is not None:
                 trial.set_user_attr(key, value)
-        if outcome.state == TrialState.COMPLETE:
-            self.study.tell(trial, outcome.value)
-        else:
-            self.study.tell(trial, state=outcome.state)
+        self.study.tell(trial, outcome.value if outcome.state == TrialState.COMPLETE else None, state=outcome.state)
         value = "-" if outcome.value is None else f"{outcome.value:.4f}"
         attempt = trial.user_attrs.get(RETRY_ATTR)
         retry = f" (retry {attempt} of trial {trial.user_attrs.get(RETRY_OF_ATTR)})" if attempt else ""
@@ -613,12 +526,12 @@ class LocalSweep:
         print(line, flush=True)
         with self.lock:
             self.finished += 1
-            if outcome.state == TrialState.FAIL:
-                self.failed += 1
-                self.last_failed_log = log_path
             if outcome.state != TrialState.FAIL:
                 self.failures_in_a_row = 0
-            elif not self.interrupted:
+                return
+            self.failed += 1
+            self.last_failed_log = log_path
+            if not self.interrupted:
                 self.failures_in_a_row += 1
                 if self.failures_in_a_row >= self.max_failures and not self.stop.is_set():
                     self.stop_reason = (f"{self.failures_in_a_row} trials failed in a row "
@@ -642,7 +555,6 @@ class LocalSweep:
             self.errors.append(error)
             self.stop.set()
 
-    # -------------------------------------------------------------------------------- the whole sweep
     def _signal_children(self, signum: int) -> None:
         for process in list(self.running.values()):
             if process.poll() is None:
@@ -690,54 +602,33 @@ class LocalSweep:
                 signal.signal(signal.SIGTERM, previous)
         if self.errors:
             raise self.errors[0]
-        all_failed = self._all_failed()
+        # An interruption, or too many failures in a row, already says why the sweep stopped.
+        stopped = self.interrupted or self.failures_in_a_row >= self.max_failures
+        all_failed = not stopped and self.finished > 0 and self.failed == self.finished  # (a value all trials share)
         if all_failed:
-            self.stop_reason = all_failed
+            self.stop_reason = (f"all {self.finished} trial{'s' * (self.finished != 1)} failed; last trial's log: "
+                                f"{self.last_failed_log}")
         summary = summarize(self.sweep_dir, self.study_id, self.metric, self.goal, trial_rows=self._trial_rows())
-        summary.update(storage=display_url(self.storage_url), stop_reason=self.stop_reason,
-                       retries=self._retries())
+        summary.update(storage=display_url(self.storage_url), stop_reason=self.stop_reason, retries=self._retries())
         atomic_write_json(self.sweep_dir / f"{self.study_id}_summary.json", redact(summary))
         best = summary["best_run_id"]
         print(f"dsum: {self.sweep_dir / (self.study_id + '_summary.json')}: "
               + (f"best {best} {self.metric}={summary['best_metric']:.4f}" if best else "no completed trial")
               + (f"; stopped: {self.stop_reason}" if self.stop_reason else ""), flush=True)
-        if self.interrupted or self.failures_in_a_row >= self.max_failures or all_failed:
+        if stopped or all_failed:
             raise SweepStopped(f"dsum: sweep {self.name} stopped: {self.stop_reason}")
         return summary
-
-    def _all_failed(self) -> str | None:
-        """Why the sweep failed when every trial this invocation ran failed (a bad value every trial shares,
-        say), else None. An interruption, or too many failures in a row, already says why it stopped."""
-        if self.interrupted or self.failures_in_a_row >= self.max_failures or not self.finished:
-            return None
-        if self.failed < self.finished:
-            return None
-        return f"all {self.finished} trial{'s' * (self.finished != 1)} failed; last trial's log: {self.last_failed_log}"
 
 
 def run_local(sweep_file: str | Path, count: int | None = None, workers: int = 1, storage: str | None = None,
               max_consecutive_failures: int = 3, gpus_per_worker: int = 1, in_process: bool | None = None
               ) -> dict[str, Any]:
-    """Run a sweep YAML on Optuna without a W&B server; returns the sweep summary (see ``summarize``).
-
-    Args:
-        sweep_file: A sweep YAML, e.g. ``sweeps/quick.yaml``.
-        count: Trials to run in this invocation, across its workers (``run_cap`` counts every trial of
-            the study, on every machine).
-        workers: Trial processes at once (each pinned to its own GPU when GPUs exist).
-        storage: Optuna storage: a database URL or a journal file path (default
-            ``outputs/sweep_<name>/optuna.journal``).
-        max_consecutive_failures: Stop after this many failed trials in a row.
-        gpus_per_worker: GPUs each trial process sees (for trials that run DDP inside, with
-            ``--trainer.devices=K``); disjoint groups, see :func:`dsum.sweep.workers.gpu_groups`.
-        in_process: Run ``validate``/``test`` trials of ``main.py`` in one long-lived process per worker, which
-            keeps the loaded model and reuses generations, and fork ``fit`` trials from a per-worker server that
-            imported torch/Lightning once (:mod:`dsum.sweep.inprocess`); None: on unless ``DSUM_SWEEP_IN_PROCESS=0``.
+    """Run a sweep YAML on Optuna without a W&B server; returns the sweep summary (see ``summarize``). The
+    arguments are ``python -m dsum.sweep local``'s (:func:`dsum.sweep.__main__.local`).
 
     Raises:
         SweepSpecError: the YAML is invalid, or asks for what the local engine cannot do exactly.
-        SweepStopped: every trial failed, too many failures in a row, or interrupted (after writing the
-            summary).
+        SweepStopped: every trial failed, too many failures in a row, or interrupted (after writing the summary).
     """
     from dsum.sweep.inprocess import run_sweep
 

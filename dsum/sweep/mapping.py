@@ -1,19 +1,11 @@
-"""Sweep parameters -> LightningCLI arguments: the sweep layer's one mapping.
+"""Sweep parameters -> LightningCLI arguments.
 
-A ``wandb agent`` runs ``python main.py fit --config configs/kobart.yaml --lr=1e-05 --train_batch_size=16.0`` (``${args}``:
-``--name=value`` with Python ``str()`` values) and writes the same parameters to ``$WANDB_SWEEP_PARAM_PATH``.
-:func:`sweep_trial` turns that into what LightningCLI parses; jsonargparse then does the typing, merging,
-defaults and unknown-key errors. What is dsum's own lives here:
-
-- names from the original project (:data:`ALIASES`: ``lr``, ``optim: adamw_torch``, ``fp16: True``, ...);
-- ``model_preset`` (:data:`PRESETS`): a family's config, placed right after the base ``--config``;
-- derived values: ``effective_batch_size`` (accumulation from batch size x world size, on the trainer) and
-  ``learning_rate_scale`` (a factor on the config's own learning rate);
-- the original sweep's length constraints and the token-budget rule, run on the typed config;
-- W&B's ``str()`` values read back (``64.0`` -> ``64``, ``None`` -> null, ``[1, 2]`` -> a list).
-
-Order, first to last (later wins): base ``--config``, preset config and checkpoint, the command's own dotted
-overrides, the sweep's parameters, then the derived rules.
+A ``wandb agent`` runs ``main.py fit --config ... --lr=1e-05 --train_batch_size=16.0`` (``${args}``, ``str()``
+values) and writes the same parameters to ``$WANDB_SWEEP_PARAM_PATH``; :func:`sweep_trial` turns that into what
+LightningCLI parses (jsonargparse does the typing). dsum's own parts: the original project's names
+(:data:`ALIASES`), ``model_preset`` (:data:`PRESETS`), derived values (:data:`DERIVED`), and the original sweep's
+length constraints and the token-budget rule. Later wins: base ``--config``, preset config and checkpoint, the
+command's dotted overrides, the sweep's parameters, then the derived rules.
 """
 
 from __future__ import annotations
@@ -37,9 +29,7 @@ from dsum.callbacks.record import SWEEP_PARAMS_ENV
 from dsum.constants import SWEEP_DIR_ENV
 from dsum.infra.log import note
 from dsum.infra.secrets import redact, secret_values
-from dsum.sweep.cli_keys import (  # noqa: F401 (fit_parser: still importable from here)
-    FRACTION_KEYS, cli_roots, fit_parser, key_kind, native_options,
-)
+from dsum.sweep.cli_keys import FRACTION_KEYS, cli_roots, fit_parser, key_kind, native_options  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -58,7 +48,8 @@ class Alias:
 
 
 _ADAMW = dict.fromkeys(("adamw", "adamw_torch", "adamw_hf", "adamw_torch_fused"), "adamw")
-_SCHEDULES = {**{s: s for s in ("cosine", "linear", "cosine_with_restarts", "constant")}, "constant_with_warmup": "constant"}
+_SCHEDULES = {**{s: s for s in ("cosine", "linear", "cosine_with_restarts", "constant")},
+              "constant_with_warmup": "constant"}
 _TABLE: list[tuple[tuple[str, ...], str, Mapping[Any, Any] | None]] = [
     (("lr", "learning_rate"), "model.learning_rate", None),
     (("train_batch_size", "per_device_train_batch_size", "batch_size"), "data.batch_size", None),
@@ -129,13 +120,10 @@ DERIVED = {
     EFFECTIVE_BATCH: "trainer.accumulate_grad_batches = max(1, round(effective / (data.batch_size x world size)))",
     LR_SCALE: "model.learning_rate = the config's (preset's) own learning rate x this factor",
 }
-# The original sweep's `constraints:`: encoder inputs longer than `above` tokens cap the train batch at
-# `max_batch` and need at least `min_accumulation` accumulation steps (most restrictive first).
+# The original sweep's `constraints:` as (above, max_batch, min_accumulation), most restrictive first.
 LENGTH_CAPS = ((1024, 8, 2), (512, 16, 1))
 
 
-# ------------------------------------------------------------------------------------------- the CLI's keys
-# `ROOTS` and `NATIVE_OPTIONS` stay readable as module attributes, read from the parser (dsum.sweep.cli_keys).
 def __getattr__(name: str) -> Any:
     """``ROOTS`` and ``NATIVE_OPTIONS``, read from the CLI parser when first used."""
     if name == "ROOTS":
@@ -152,18 +140,14 @@ def bool_aliases() -> frozenset[str]:
                      if (alias.values and True in alias.values) or key_kind(alias.key) == "bool")
 
 
-# ------------------------------------------------------------------------------------------- names and values
 def valid_names() -> list[str]:
     """Every non-dotted sweep parameter name."""
     return sorted([*ALIASES, PRESET_PARAM, *DERIVED, "seed_everything", "ckpt_path"])
 
 
 def target_key(name: str) -> str | None:
-    """The dotted CLI key a parameter sets (None for ``model_preset`` and derived values).
-
-    Raises:
-        SweepParamError: ``name`` is not a valid sweep parameter.
-    """
+    """The dotted CLI key a parameter sets (None for ``model_preset`` and derived values); raises
+    :class:`SweepParamError` for an invalid name."""
     if name in ALIASES:
         return ALIASES[name].key
     if name == PRESET_PARAM or name in DERIVED:
@@ -211,11 +195,8 @@ def cli_text(value: Any) -> str:
 
 
 def map_value(name: str, value: Any) -> tuple[str, Any]:
-    """The dotted key and value one (non-preset, non-derived) parameter sets, through the alias's value map.
-
-    Raises:
-        SweepParamError: unknown name, or a value outside the alias's choices.
-    """
+    """The dotted key and value one (non-preset, non-derived) parameter sets, through the alias's value map;
+    raises :class:`SweepParamError` for an unknown name or a value outside the alias's choices."""
     key = target_key(name)
     if key is None:
         raise SweepParamError(f"{name} is a preset or derived value, not a plain key")
@@ -228,7 +209,6 @@ def map_value(name: str, value: Any) -> tuple[str, Any]:
         raise SweepParamError(f"{name}={value!r} is not one of: {', '.join(map(str, alias.values))}") from None
 
 
-# ------------------------------------------------------------------------------------------- the trial
 @dataclass
 class SweepTrial:
     """One run's command line for LightningCLI, with the sweep parameters (if any) and the rules that apply to
@@ -259,7 +239,7 @@ class SweepTrial:
         for above, max_batch, min_accumulation in LENGTH_CAPS:
             if data.encoder_max_len > above:
                 data.batch_size = min(batch, max_batch)
-                keep = _round_half_up(batch * accumulation / data.batch_size)
+                keep = math.floor(batch * accumulation / data.batch_size + 0.5)  # rounded half up
                 trainer.accumulate_grad_batches = max(accumulation, keep, min_accumulation)
                 if (data.batch_size, trainer.accumulate_grad_batches) != (batch, accumulation):
                     _note(f"data.encoder_max_len={data.encoder_max_len} > {above}: data.batch_size {batch} -> "
@@ -287,13 +267,9 @@ class EffectiveBatchSize(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         batch = trainer.datamodule.batch_size
-        trainer.accumulate_grad_batches = max(1, _round_half_up(self.effective / (batch * trainer.world_size)))
+        trainer.accumulate_grad_batches = max(1, math.floor(self.effective / (batch * trainer.world_size) + 0.5))
         _note(f"{EFFECTIVE_BATCH}={self.effective} with data.batch_size={batch} on {trainer.world_size} device(s): "
               f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}")
-
-
-def _round_half_up(x: float) -> int:
-    return math.floor(x + 0.5)
 
 
 def _note(message: str) -> None:
@@ -303,28 +279,22 @@ def _note(message: str) -> None:
 
 def split_argv(argv: Sequence[str], source: str = "the command line") -> tuple[list[str], dict[str, Any]]:
     """Native arguments (kept in order, W&B-formatted dotted values read back) and sweep parameters by name.
-
-    ``--k=v`` and ``--k v`` are accepted; a boolean parameter may be a bare flag (``${args_no_boolean_flags}``).
-
-    Raises:
-        SweepParamError: an option that is neither native nor a sweep parameter, or one given twice.
-    """
+    Takes ``--k=v`` and ``--k v``, and a boolean parameter as a bare flag (``${args_no_boolean_flags}``); raises
+    :class:`SweepParamError` for an option that is neither native nor a sweep parameter, or one given twice."""
     natives: list[str] = []
     params: dict[str, Any] = {}
-    tokens = list(argv)
     i = 0
-    while i < len(tokens):
-        token = tokens[i]
+    while i < len(argv):
+        token = argv[i]
         name, eq, text = token.lstrip("-").partition("=")
-        root = name.split(".")[0].rstrip("+")
-        roots = cli_roots()
-        if not token.startswith("-") or token[1:2].isdigit() or name in native_options() or (root in roots and "." in name):
-            if eq and "." in name and root in roots:
+        dotted = "." in name and name.split(".")[0].rstrip("+") in cli_roots()
+        if not token.startswith("-") or token[1:2].isdigit() or name in native_options() or dotted:
+            if eq and dotted:
                 token = f"--{name}={cli_text(read_value(text, target_key(name.rstrip('+')) or ''))}"
             natives.append(token)
         elif name in valid_names():
             if not eq:
-                nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+                nxt = argv[i + 1] if i + 1 < len(argv) else None
                 bool_next = nxt in ("True", "False", "true", "false")
                 if nxt is not None and not nxt.startswith("--") and (name not in bool_aliases() or bool_next):
                     text, i = nxt, i + 1
@@ -358,23 +328,18 @@ def read_param_file(path: str | Path) -> dict[str, Any]:
 
 def resolve_config_path(path: str) -> Path | None:
     """``path`` from the current directory, else under the repository root (None when neither exists)."""
-    for candidate in (Path(path), REPO_ROOT / path):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((candidate for candidate in (Path(path), REPO_ROOT / path) if candidate.is_file()), None)
 
 
 def sweep_trial(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> SweepTrial:
-    """The command line LightningCLI should parse, for a plain run or a sweep trial.
+    """The command line LightningCLI should parse, for a plain run or a sweep trial; raises
+    :class:`SweepParamError` for an unknown parameter or option, or a bad value.
 
     Parameters come from ``argv`` (``${args}``) and from ``WANDB_SWEEP_PARAM_PATH``; for a name in both, ``argv``
     wins. A preset's config goes right after the last ``--config`` that follows the subcommand; mapped parameters
     go last. In a W&B sweep without an explicit ``--trainer.default_root_dir``, the trial's directory is
     ``<DSUM_SWEEP_DIR or outputs/sweeps/<sweep id>>/runs/<run id>``. The parameters (secrets masked) are handed to
     the run record through ``DSUM_SWEEP_PARAMS``.
-
-    Raises:
-        SweepParamError: an unknown parameter or option (nothing has started yet), or a bad value.
     """
     natives, params = split_argv(argv)
     param_path = environ.get("WANDB_SWEEP_PARAM_PATH")
@@ -408,9 +373,8 @@ def sweep_trial(argv: Sequence[str], environ: Mapping[str, str] = os.environ) ->
         natives = _with_preset(natives, str(params[PRESET_PARAM]))
     args = natives + overrides
     if params:
-        secrets = secret_values(dict(environ))
         target = environ if isinstance(environ, MutableMapping) else os.environ
-        target[SWEEP_PARAMS_ENV] = json.dumps(redact(params, secrets), ensure_ascii=False)
+        target[SWEEP_PARAMS_ENV] = json.dumps(redact(params, secret_values(dict(environ))), ensure_ascii=False)
     sweep_id, run_id = environ.get("WANDB_SWEEP_ID"), environ.get("WANDB_RUN_ID")
     if sweep_id and run_id and not any(a.startswith("--trainer.default_root_dir") for a in args):
         root = environ.get(SWEEP_DIR_ENV) or str(Path("outputs") / "sweeps" / sweep_id)

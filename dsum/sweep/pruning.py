@@ -1,18 +1,14 @@
 """Early termination for local (Optuna) sweeps: W&B's hyperband rule, and the trial side that reports to it.
 
-A local sweep's trial runs in its own ``main.py`` process. The sweep passes it, through the environment,
-where the shared Optuna study lives (:data:`STORAGE_ENV`, :data:`STUDY_ENV`, :data:`TRIAL_ENV`), which
-metric to report (:data:`METRIC_ENV`) and the sweep's ``early_terminate`` block (:data:`PRUNER_ENV`).
-:class:`OptunaPruning` then reports the metric after every validation (step = validations so far, the
-count W&B's hyperband uses) and stops training cleanly when the study says the trial loses; the run
-record then says ``pruned``.
+A local sweep's trial (its own ``main.py`` process) learns from its environment where the study lives
+(:data:`STORAGE_ENV`, :data:`STUDY_ENV`, :data:`TRIAL_ENV`), which metric to report (:data:`METRIC_ENV`) and
+the sweep's ``early_terminate`` block (:data:`PRUNER_ENV`). :class:`OptunaPruning` reports the metric after
+every validation (step = validations so far, as W&B counts) and stops training when the study prunes the trial.
 
-:class:`WandbHyperbandPruner` is W&B's own hyperband rule (``sweeps.hyperband_stopping``), not an
-approximation: bands at ``min_iter * eta**k`` (or ``max_iter / eta**i``, ``i = 1..s``); at the highest band
-a trial has reached, it is stopped when its value at that band (its best so far with ``strict: false``) is
-worse than the ``1/eta`` quantile of every trial's value at that band. Optuna's own HyperbandPruner runs
-several synchronous brackets and its SuccessiveHalvingPruner ranks a little differently, so neither would
-stop the same trials as a W&B sweep with the same YAML.
+:class:`WandbHyperbandPruner` is W&B's own rule (``sweeps.hyperband_stopping``), not an approximation: bands at
+``min_iter * eta**k`` (or ``max_iter / eta**i``, ``i = 1..s``); at the highest band a trial has reached, it is
+stopped when its value there (its best so far with ``strict: false``) is worse than the ``1/eta`` quantile of
+every trial's value at that band. Optuna's Hyperband/SuccessiveHalving pruners would stop different trials.
 """
 
 from __future__ import annotations
@@ -55,15 +51,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def hyperband_bands(early_terminate: Mapping[str, Any]) -> list[int]:
-    """The validation counts at which W&B's hyperband judges a run (``sweeps.hyperband_stopping``).
-
-    Raises:
-        ValueError: neither ``max_iter`` (with ``s``) nor ``min_iter`` is given, or no band is at least 1.
-    """
+    """The validation counts at which W&B's hyperband judges a run (ValueError if none, or no band >= 1)."""
     eta = early_terminate.get("eta", 3)
+    bands = []
     if "max_iter" in early_terminate:
         band = float(early_terminate["max_iter"])
-        bands = []
         for _ in range(int(early_terminate.get("s", 0))):
             band /= eta
             if band < 1:
@@ -72,7 +64,6 @@ def hyperband_bands(early_terminate: Mapping[str, Any]) -> list[int]:
         bands.sort()
     elif "min_iter" in early_terminate:
         band = float(early_terminate["min_iter"])
-        bands = []
         for _ in range(100):
             bands.append(int(band))
             band *= eta
@@ -90,16 +81,11 @@ def _history(trial: optuna.trial.FrozenTrial, sign: float) -> list[float]:
 
 
 class WandbHyperbandPruner:
-    """W&B's hyperband early termination as an Optuna pruner (``optuna.pruners.BasePruner``'s interface).
-
-    Args:
-        early_terminate: The sweep YAML's ``early_terminate`` block (``type: hyperband``, ``min_iter`` or
-            ``max_iter`` + ``s``, ``eta`` (default 3), ``strict`` (default true, as W&B's sweep schema fills
-            it in: a run is judged by its value at the band, not its best so far).
-    """
+    """W&B's hyperband early termination as an Optuna pruner, from a sweep YAML's ``early_terminate`` block:
+    ``min_iter`` or ``max_iter`` + ``s``, ``eta`` (default 3), ``strict`` (default true, as W&B fills it in: a run is
+    judged by its value at the band, not its best so far)."""
 
     def __init__(self, early_terminate: Mapping[str, Any]) -> None:
-        self.config = dict(early_terminate)
         self.bands = hyperband_bands(early_terminate)
         self.ratio = 1.0 / float(early_terminate.get("eta", 3))
         self.strict = early_terminate.get("strict", True) is True
@@ -142,8 +128,7 @@ def make_pruner(early_terminate: Mapping[str, Any] | None) -> Any:
     if early_terminate.get("type") != "hyperband":
         raise ValueError(f"early_terminate: only type hyperband is supported, got {early_terminate.get('type')!r}")
 
-    # Optuna only calls `prune`; registering keeps isinstance checks true without importing optuna here.
-    optuna.pruners.BasePruner.register(WandbHyperbandPruner)
+    optuna.pruners.BasePruner.register(WandbHyperbandPruner)  # (isinstance checks hold; Optuna only calls `prune`)
     return WandbHyperbandPruner(early_terminate)
 
 
@@ -229,10 +214,6 @@ def pruning_callbacks(environ: Mapping[str, str] | None = None) -> list[L.Callba
     env = os.environ if environ is None else environ
     if not all(env.get(k) for k in (STORAGE_ENV, STUDY_ENV, TRIAL_ENV)):
         return []
-    return [OptunaPruning(
-        storage=env[STORAGE_ENV],
-        study=env[STUDY_ENV],
-        trial=int(env[TRIAL_ENV]),
-        metric=env.get(METRIC_ENV) or MONITOR,
-        early_terminate=json.loads(env.get(PRUNER_ENV) or "null"),
-    )]
+    return [OptunaPruning(storage=env[STORAGE_ENV], study=env[STUDY_ENV], trial=int(env[TRIAL_ENV]),
+                          metric=env.get(METRIC_ENV) or MONITOR,
+                          early_terminate=json.loads(env.get(PRUNER_ENV) or "null"))]

@@ -1,9 +1,8 @@
-"""Offline sweep reports: a PNG of the metric against each swept parameter and over trials, and a
-Markdown table of the top runs, built from the run records trials wrote under ``<sweep_dir>/runs/``.
+"""Offline sweep reports from the run records under ``<sweep_dir>/runs/``: a PNG of the metric over trials and
+against each swept parameter, and a Markdown table of the top runs.
 
-Nothing here needs the network or a display: figures are drawn on matplotlib's Agg canvas without
-pyplot. Every label drawn is ASCII, because matplotlib's default font has no Hangul glyphs (a Korean
-parameter value would otherwise render as boxes and warn); the Markdown keeps values as they are.
+Figures are drawn on matplotlib's Agg canvas without pyplot (no display needed), with ASCII labels only: the
+default font has no Hangul glyphs. The Markdown keeps values as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-DEFAULT_METRIC = MONITOR
 DEFAULT_GOAL: Goal = "maximize"
 COMPLETED = "completed"
 # A positive numeric parameter spanning at least this ratio (max/min) is drawn on a log axis.
@@ -35,32 +33,13 @@ MAX_LABEL_CHARS = 24
 PANEL_COLUMNS = 4
 
 
-# ---------------------------------------------------------------------------------------- entry point
 def write_report(sweep_dir: str | Path, top: int = 10, sweep_id: str | None = None) -> list[Path]:
-    """Write ``report.png`` and ``report.md`` for a sweep's output directory, offline.
+    """Write a PNG and a Markdown report (:func:`plot_report`, :func:`markdown_report`) of a sweep's output
+    directory, e.g. ``outputs/sweep_quick``, offline; returns the files written (PNG then Markdown, per sweep).
 
-    The PNG has one panel per swept parameter (metric against value: categories on the x axis for
-    strings, booleans, dicts and lists; a log x axis for positive numbers spanning a decade or more)
-    and a best-so-far curve over trials in start order. Completed trials are filled dots (the best a
-    gold star); pruned, interrupted or running trials that logged a metric are hollow orange circles;
-    trials with no metric (failed, or killed before validating) are grey crosses along the bottom.
-    Only completed trials count towards the best, as in ``python -m dsum.sweep summarize``.
-
-    The Markdown file ranks the top ``top`` trials (completed ones by the metric, then the rest
-    unranked), one column per parameter, with the counts by state and the best run's model path.
-
-    The metric and goal come from the sweep's ``<sweep_id>_summary.json`` (written by ``summarize``)
-    when there is one, else ``val/rouge_mean``, maximized.
-
-    Args:
-        sweep_dir: A sweep's output directory, e.g. ``outputs/sweep_quick`` (trials under ``runs/*/``).
-        top: Rows in the Markdown table.
-        sweep_id: Report only this sweep's trials, as ``report_<sweep_id>.png`` / ``.md``. By default
-            a directory holding one sweep gets ``report.png`` / ``report.md``, and one holding trials
-            of several sweeps gets a ``report_<sweep_id>.*`` pair per sweep.
-
-    Returns:
-        The files written: PNG then Markdown, per sweep.
+    A directory of one sweep gets ``report.png`` / ``report.md``; with ``sweep_id`` (that sweep's trials only), or
+    for each of several sweeps, a ``report_<sweep_id>.*`` pair. ``top``: rows in the table. The metric and goal come
+    from :func:`sweep_metric`; only completed trials count towards the best, as in ``summarize``.
 
     Raises:
         FileNotFoundError: ``sweep_dir`` does not exist or holds no trial records.
@@ -85,14 +64,10 @@ def write_report(sweep_dir: str | Path, top: int = 10, sweep_id: str | None = No
     return written
 
 
-# ---------------------------------------------------------------------------------------- trials
 def group_trials(sweep_dir: Path, sweep_id: str | None = None) -> dict[str | None, list[dict[str, Any]]]:
-    """Trials by sweep id, each group in start order.
-
-    With ``sweep_id``, one group with that sweep's trials (and, as in ``summarize``, trials that
-    recorded no sweep id). Without, one group per sweep id; trials with no sweep id join the only
-    sweep when there is one, and form their own group (key None) when there are several.
-    """
+    """Trials by sweep id, each group in start order: with ``sweep_id``, that sweep's trials and (as in
+    ``summarize``) those that recorded none; else one group per sweep id, trials with none joining the only
+    sweep, or forming their own group (key None) when there are several."""
     trials = collect_trials(sweep_dir)
     if not trials:
         raise FileNotFoundError(
@@ -107,12 +82,8 @@ def group_trials(sweep_dir: Path, sweep_id: str | None = None) -> dict[str | Non
         return {sweep_id: start_order(chosen)}
     if len(ids) <= 1:
         return {(ids or [None])[0]: start_order(trials)}
-    groups: dict[str | None, list[dict[str, Any]]] = {}
-    for group_id in [*ids, None]:
-        members = [t for t in trials if t["sweep_id"] == group_id]
-        if members:
-            groups[group_id] = start_order(members)
-    return groups
+    groups = {group_id: [t for t in trials if t["sweep_id"] == group_id] for group_id in [*ids, None]}
+    return {group_id: start_order(members) for group_id, members in groups.items() if members}
 
 
 def start_order(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -127,11 +98,9 @@ def start_order(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _timestamp(value: Any) -> float | None:
     if isinstance(value, datetime):
         return value.timestamp()
-    if not isinstance(value, str) or not value:
-        return None
     try:
         return datetime.fromisoformat(value).timestamp()
-    except ValueError:
+    except (TypeError, ValueError):  # not text, or not a time
         return None
 
 
@@ -169,10 +138,7 @@ def best_so_far(trials: list[dict[str, Any]], goal: Goal) -> list[float | None]:
 
 def param_names(trials: list[dict[str, Any]]) -> list[str]:
     """Every swept parameter, in the order trials first recorded them (the sweep YAML's order)."""
-    names: dict[str, None] = {}
-    for trial in trials:
-        names.update(dict.fromkeys(trial.get("params") or {}))
-    return list(names)
+    return list(dict.fromkeys(name for trial in trials for name in trial.get("params") or {}))
 
 
 def state_counts(trials: list[dict[str, Any]]) -> str:
@@ -182,13 +148,9 @@ def state_counts(trials: list[dict[str, Any]]) -> str:
     return f"{len(trials)} trial{'s' * (len(trials) != 1)}: " + ", ".join(f"{counts[s]} {s}" for s in order)
 
 
-# ---------------------------------------------------------------------------------------- metric
 def sweep_metric(sweep_dir: Path, sweep_id: str | None) -> tuple[str, Goal]:
-    """(metric, goal) from the sweep's ``*_summary.json``, else ``val/rouge_mean`` maximized.
-
-    ``<sweep_id>_summary.json`` wins; otherwise any summaries in the directory are used if they agree
-    (``parallel_*_summary.json`` files hold worker results, no metric, and are skipped).
-    """
+    """(metric, goal) from ``<sweep_id>_summary.json``, else from the directory's summaries if they agree (those
+    without a metric, e.g. ``parallel_*_summary.json``, skipped), else ``val/rouge_mean`` maximized."""
     found: list[tuple[str, Goal]] = []
     for path in sorted(sweep_dir.glob("*_summary.json")):
         try:
@@ -207,19 +169,17 @@ def sweep_metric(sweep_dir: Path, sweep_id: str | None) -> tuple[str, Goal]:
         found.append(entry)
     if found and len(set(found)) == 1:
         return found[0]
-    return DEFAULT_METRIC, DEFAULT_GOAL
+    return MONITOR, DEFAULT_GOAL
 
 
-# ---------------------------------------------------------------------------------------- Markdown
 def markdown_report(trials: list[dict[str, Any]], metric: str, goal: Goal, sweep_id: str | None,
                     top: int = 10, image: str | None = None) -> str:
     """The top ``top`` trials as a Markdown table, with counts by state and the best model's path."""
     params = param_names(trials)
     rows = ranked(trials, goal)
     best = rows[0][1] if rows and rows[0][0] == 1 else None
-    lines = [f"# Sweep report: {sweep_id or '(no sweep id)'}", ""]
-    lines.append(f"Metric: `{metric}` ({goal}). {state_counts(trials)}.")
-    lines.append("")
+    lines = [f"# Sweep report: {sweep_id or '(no sweep id)'}", "",
+             f"Metric: `{metric}` ({goal}). {state_counts(trials)}.", ""]
     if best is not None:
         lines.append(f"Best run: `{best['run_id']}` = {_fmt(metric_value(best))}; "
                      f"model: `{best.get('best_model') or '(none exported)'}`")
@@ -257,7 +217,6 @@ def _cell(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-# ---------------------------------------------------------------------------------------- figure
 def _ascii(text: str, limit: int | None = None) -> str:
     """Drawable with any font: non-ASCII escaped (``\\uc694``), cut to ``limit`` characters."""
     text = text.encode("ascii", "backslashreplace").decode("ascii")
@@ -266,31 +225,21 @@ def _ascii(text: str, limit: int | None = None) -> str:
 
 def _numeric(value: Any) -> float | None:
     """A finite number, also from text such as ``"1e-5"`` (YAML 1.1 reads that as a string)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _style(trial: dict[str, Any]) -> str:
-    """``completed``, ``partial`` (a metric but not completed) or ``missing`` (no metric)."""
-    if metric_value(trial) is None:
-        return "missing"
-    return "completed" if trial["state"] == COMPLETED else "partial"
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _scatter(ax: Axes, xs: list[float], trials: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
-    """Plot trials at ``xs`` in the three styles; crosses for trials with no metric sit on the x axis."""
+    """Plot trials at ``xs``: ``completed``, ``partial`` (a metric but not completed) and ``missing`` (no metric,
+    crosses on the x axis)."""
     groups: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in ("completed", "partial", "missing")}
     for x, trial in zip(xs, trials):
-        style = _style(trial)
+        style = "missing" if metric_value(trial) is None else "completed" if trial["state"] == COMPLETED else "partial"
         groups[style][0].append(x)
         groups[style][1].append(0.03 if style == "missing" else metric_value(trial))
     if groups["completed"][0]:
@@ -308,21 +257,19 @@ def _scatter(ax: Axes, xs: list[float], trials: list[dict[str, Any]], best: dict
         if groups["completed"][0] or groups["partial"][0]:
             low, high = ax.get_ylim()
             ax.set_ylim(low - 0.08 * (high - low), high)  # a strip below the lowest metric for the crosses
-    if best is not None:
-        for x, trial in zip(xs, trials):
-            if trial is best:
-                ax.scatter([x], [metric_value(best)], s=220, marker="*", color="gold", edgecolors="black",
-                           linewidths=0.8, zorder=4, label="best")
+    for x, trial in zip(xs, trials):
+        if trial is best:
+            ax.scatter([x], [metric_value(best)], s=220, marker="*", color="gold", edgecolors="black", linewidths=0.8,
+                       zorder=4, label="best")
 
 
 def _param_panel(ax: Axes, name: str, trials: list[dict[str, Any]], metric: str,
                  best: dict[str, Any] | None) -> None:
     present = [t for t in trials if name in (t.get("params") or {})]
-    values = [t["params"][name] for t in present]
-    numbers = [_numeric(v) for v in values]
+    numbers = [_numeric(t["params"][name]) for t in present]
     unset = len(trials) - len(present)
     title = _ascii(name, 40)
-    if values and all(n is not None for n in numbers):
+    if numbers and all(n is not None for n in numbers):
         xs = [float(n) for n in numbers]  # type: ignore[arg-type]
         low, high = min(xs), max(xs)
         if low > 0 and high / low >= LOG_SCALE_RATIO:
@@ -361,8 +308,7 @@ def _progress_panel(ax: Axes, trials: list[dict[str, Any]], metric: str, goal: G
                     best: dict[str, Any] | None) -> None:
     xs = list(range(1, len(trials) + 1))
     _scatter(ax, xs, trials, best)
-    curve = best_so_far(trials, goal)
-    points = [(x, y) for x, y in zip(xs, curve) if y is not None]
+    points = [(x, y) for x, y in zip(xs, best_so_far(trials, goal)) if y is not None]
     if points:
         if points[-1][0] != xs[-1]:
             points.append((xs[-1], points[-1][1]))

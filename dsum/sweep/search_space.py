@@ -1,7 +1,5 @@
-"""A W&B sweep's search space on Optuna: grid combinations in W&B's order, and what TPE (``bayes``) draws.
-
-:mod:`dsum.sweep.local` (the engine) uses these and re-exports them.
-"""
+"""A W&B sweep's search space on Optuna (for :mod:`dsum.sweep.local`): grid combinations in W&B's order, and
+what TPE (``bayes``) draws."""
 
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ from typing import Any
 import optuna
 import yaml
 
-from dsum.sweep.spec import PARAM_DEFAULTS, SweepSpecError, distribution_of
+from dsum.sweep.spec import PARAM_DEFAULTS, SweepSpecError, distribution_of, quantize
 
 # Distributions TPE draws exactly: (value range as (low, high) from the spec, log scale, quantised).
 BAYES_FLOATS = {
@@ -42,13 +40,9 @@ def _grid_hash(value: Any) -> str:
 
 
 def grid_combinations(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of a grid sweep, in W&B's order: the product of the parameters in YAML order
-    (first parameter slowest), ``int_uniform`` as ``min..max``, ``q_uniform`` as ``arange(min, max, q)``,
-    repeated combinations once.
-
-    Raises:
-        SweepSpecError: a parameter grid search cannot enumerate.
-    """
+    """Every combination of a grid sweep, in W&B's order: the product of the parameters in YAML order (first
+    slowest), ``int_uniform`` as ``min..max``, ``q_uniform`` as ``arange(min, max, q)``, repeats once; raises
+    :class:`SweepSpecError` for a parameter grid search cannot enumerate."""
     import numpy as np
 
     axes: list[tuple[str, list[Any]]] = []
@@ -66,22 +60,15 @@ def grid_combinations(config: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise SweepSpecError(f"parameters.{name}: grid search cannot enumerate {dist}; list the points "
                                  "with `values:` or use method random/bayes")
         axes.append((str(name), values))
-    combos, seen = [], set()
+    combos: dict[tuple[str, ...], dict[str, Any]] = {}  # by the values' grid identities: repeats once
     for combo in itertools.product(*[[(v, _grid_hash(v)) for v in values] for _, values in axes]):
-        key = tuple(h for _, h in combo)
-        if key not in seen:
-            seen.add(key)
-            combos.append({name: value for (name, _), (value, _) in zip(axes, combo, strict=True)})
-    return combos
+        combos.setdefault(tuple(h for _, h in combo), {name: value for (name, _), (value, _) in zip(axes, combo)})
+    return list(combos.values())
 
 
 def check_bayes_space(config: Mapping[str, Any], path: str | Path | None = None) -> None:
-    """Refuse, naming each parameter, what TPE cannot draw from exactly.
-
-    Raises:
-        SweepSpecError: a distribution without a bounded exact equivalent (``normal``, ``beta``, ...) or
-            ``probabilities`` on a bayes sweep.
-    """
+    """Raise :class:`SweepSpecError` naming each parameter TPE cannot draw from exactly (unbounded distributions
+    such as ``normal`` or ``beta``, ``probabilities``)."""
     problems = []
     for name, spec in (config.get("parameters") or {}).items():
         dist = distribution_of(spec)
@@ -94,10 +81,6 @@ def check_bayes_space(config: Mapping[str, Any], path: str | Path | None = None)
     if problems:
         raise SweepSpecError(f"{path or 'sweep config'}: cannot run on the local engine:\n"
                              + "\n".join(f"  - {p}" for p in problems))
-
-
-def _quantize(value: float, q: float) -> float:
-    return round(value / q) * q  # W&B's rule: the grid is anchored at 0, not at min
 
 
 def suggest_param(trial: optuna.Trial, name: str, spec: Mapping[str, Any]) -> Any:
@@ -116,4 +99,4 @@ def suggest_param(trial: optuna.Trial, name: str, spec: Mapping[str, Any]) -> An
     bounds, log = BAYES_FLOATS[dist]
     low, high = bounds(spec)
     value = trial.suggest_float(name, float(low), float(high), log=log)
-    return _quantize(value, spec.get("q", PARAM_DEFAULTS["q"])) if dist.startswith("q_") else value
+    return quantize(value, spec.get("q", PARAM_DEFAULTS["q"])) if dist.startswith("q_") else value

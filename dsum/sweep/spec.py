@@ -1,10 +1,7 @@
 """Sweep YAMLs: load, check against W&B's sweep schema and dsum's CLI, and sample from them.
 
-:func:`validate_sweep` catches, before a sweep is created, what W&B would refuse (unknown top-level keys
-such as the original's ``constraints:``, a bad ``method``) and what W&B accepts but would waste the sweep:
-parameter names that map to no CLI key, a metric the trainer never logs, ``grid`` over a continuous
-distribution, ``log_uniform`` bounds written as values, ``{min: 0, max: 1}`` silently read as
-``int_uniform``, and a ``command:`` that LightningCLI cannot run.
+:func:`validate_sweep` catches, before a sweep is created, what W&B would refuse and what it accepts but would waste
+the sweep (unmapped names, unlogged metrics, grid over a continuous distribution, a ``command:`` that cannot run).
 """
 
 from __future__ import annotations
@@ -22,20 +19,8 @@ from dsum.constants import MONITOR
 from dsum.sweep import mapping as P
 from dsum.sweep.cli_keys import key_kind
 
-# Value types of sweep-only parameters, which are no CLI key (every CLI key's type is read from the parser, see
-# `_kind`): to catch distributions that cannot produce a valid value (a float for an int key, ...) before a sweep
-# starts; every value is typed again by jsonargparse when a trial parses it.
+# Value types of the parameters that are no CLI key (a CLI key's type is read from the parser).
 SWEEP_ONLY_KINDS: dict[str, P.Kind] = {P.EFFECTIVE_BATCH: "int", P.LR_SCALE: "float", "fp16": "bool", "bf16": "bool"}
-
-__all__ = [
-    "LOGGED_METRICS",
-    "SweepSpecError",
-    "SweepSpecWarning",
-    "distribution_of",
-    "load_sweep",
-    "sample_params",
-    "validate_sweep",
-]
 
 
 class SweepSpecError(ValueError):
@@ -52,6 +37,8 @@ TOP_LEVEL_KEYS = frozenset({
     "method", "command", "name", "run_cap", "metric", "metrics", "scheduler", "early_terminate", "parameters",
 })
 METHODS = ("grid", "random", "bayes")
+
+
 # What the trainer logs, with the direction that improves it (None: no natural direction).
 LOGGED_METRICS: dict[str, str | None] = {
     "train/loss": "minimize",
@@ -101,7 +88,6 @@ PARAM_DEFAULTS = {"q": 1, "mu": 0.0, "sigma": 1.0, "a": 1.0, "b": 1.0}
 GRID_DISTRIBUTIONS = frozenset({"constant", "categorical", "int_uniform", "q_uniform"})
 # Distributions whose draws are integral (q_* only with an integral q).
 INTEGRAL_DISTRIBUTIONS = frozenset({"int_uniform"})
-ARGS_MACROS = frozenset({"${args}", "${args_no_equals}", "${args_no_boolean_flags}"})
 # Macros that expand to something LightningCLI cannot parse.
 UNUSABLE_MACROS = {
     "${args_no_hyphens}": "expands to name=value without dashes",
@@ -113,81 +99,64 @@ UNUSABLE_MACROS = {
 }
 
 
-# Hostile YAML: aliases can make a few hundred bytes expand to billions of nodes (an "alias bomb"); the
-# expanded size is checked on the composed graph, before anything is constructed.
+# Hostile YAML: aliases can make a few hundred bytes expand to billions of nodes (an "alias bomb").
 MAX_SWEEP_BYTES = 1_000_000
 MAX_SWEEP_NODES = 100_000
 
 
 def _expanded_nodes(node: yaml.Node, path: Path) -> int:
-    """How many nodes ``node`` becomes once every alias is expanded, without expanding anything: each
-    distinct node is counted once and reused (aliases share node objects). Refuses cycles and totals above
-    :data:`MAX_SWEEP_NODES` as soon as they show."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
+    """How many nodes ``node`` becomes once its aliases are expanded, counting each shared node once; refuses
+    cycles and totals above :data:`MAX_SWEEP_NODES`."""
+    sizes: dict[yaml.Node, int] = {}  # nodes hash by identity
+    active: set[yaml.Node] = set()
 
     def size(current: yaml.Node) -> int:
-        key = id(current)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
+        if current in sizes:
+            return sizes[current]
+        if current in active:
             raise SweepSpecError(f"{path}: a YAML alias refers to itself (a recursive structure); not a sweep config")
-        active.add(key)
+        active.add(current)
         total = 1
-        if isinstance(current, yaml.SequenceNode):
-            children = current.value
-        elif isinstance(current, yaml.MappingNode):
-            children = [part for pair in current.value for part in pair]
-        else:
-            children = []
+        children = current.value if isinstance(current, yaml.CollectionNode) else []
+        if isinstance(current, yaml.MappingNode):
+            children = [part for pair in children for part in pair]
         for child in children:
             total += size(child)
             if total > MAX_SWEEP_NODES:
                 raise SweepSpecError(
                     f"{path}: expands to more than {MAX_SWEEP_NODES:,} YAML nodes once its aliases (*name) are "
                     "expanded; refused as a possible alias bomb. Write the values out, without anchors/aliases")
-        active.discard(key)
-        sizes[key] = total
+        active.discard(current)
+        sizes[current] = total
         return total
 
     return size(node)
 
 
-def _safe_load_bounded(text: str, path: Path) -> Any:
-    """``yaml.safe_load`` of ``text``, refusing oversized files and alias bombs before expanding anything."""
-    if len(text) > MAX_SWEEP_BYTES:
-        raise SweepSpecError(f"{path}: {len(text):,} characters; a sweep config is at most {MAX_SWEEP_BYTES:,}")
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _expanded_nodes(node, path)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
 def load_sweep(path: str | Path) -> dict[str, Any]:
-    """A sweep YAML as a dict (``yaml.safe_load``), refusing alias bombs and oversized files before expansion.
-
-    Raises:
-        SweepSpecError: the file is missing, is not YAML, is not a mapping, is larger than
-            :data:`MAX_SWEEP_BYTES` or expands to more than :data:`MAX_SWEEP_NODES` nodes through aliases.
-    """
+    """A sweep YAML as a dict (``yaml.safe_load``); raises :class:`SweepSpecError` for a file that is unreadable,
+    not YAML, not a mapping, or too large (alias bombs are refused before they expand)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise SweepSpecError(f"cannot read sweep config {path}: {err}") from err
+    if len(text) > MAX_SWEEP_BYTES:
+        raise SweepSpecError(f"{path}: {len(text):,} characters; a sweep config is at most {MAX_SWEEP_BYTES:,}")
+    loader = None
     try:
-        config = _safe_load_bounded(text, path)
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _expanded_nodes(node, path)
+        config = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as err:
-        hint = ""
-        if "${" in text and "[" in text:
-            hint = ("\n  hint: write `command:` as a block list (one `- ${env}` item per line); "
-                    "a flow list `[${env}, ...]` is not valid YAML")
+        hint = ("\n  hint: write `command:` as a block list (one `- ${env}` item per line); a flow list "
+                "`[${env}, ...]` is not valid YAML") if "${" in text and "[" in text else ""
         raise SweepSpecError(f"{path}: not valid YAML: {err}{hint}") from err
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not isinstance(config, dict):
         raise SweepSpecError(f"{path}: a sweep config must be a YAML mapping, got {type(config).__name__}")
     return config
@@ -219,75 +188,54 @@ def _check_parameter(name: str, spec: Any, method: str) -> list[str]:
     if not isinstance(spec, Mapping):
         return [f"{where}: must be a mapping such as {{values: [...]}} or {{value: x}}, got {spec!r}"]
     if "parameters" in spec:
-        return [f"{where}: nested parameters are not supported; name the dotted key instead "
-                f"(e.g. {name}.some_key)"]
+        return [f"{where}: nested parameters are not supported; name the dotted key instead (e.g. {name}.some_key)"]
     dist = distribution_of(spec)
     if dist not in DISTRIBUTIONS:
         return [f"{where}: unknown distribution {dist!r} (choose from {', '.join(DISTRIBUTIONS)})"]
     required, optional = DISTRIBUTIONS[dist]
     problems = []
-    missing = required - set(spec)
-    if missing:
+    if missing := required - set(spec):
         problems.append(f"{where}: distribution {dist} needs {', '.join(sorted(missing))}")
-    extra = set(spec) - required - optional - {"distribution"}
-    if extra:
+    if extra := set(spec) - required - optional - {"distribution"}:
         problems.append(f"{where}: keys {', '.join(sorted(extra))} do not belong to distribution {dist}")
     if problems:
         return problems
 
     key = P.target_key_or_none(name) or name
-    kind = _kind(name, key)
+    kind = SWEEP_ONLY_KINDS.get(name) or key_kind(key)
     if method == "grid" and dist not in GRID_DISTRIBUTIONS:
-        problems.append(
-            f"{where}: grid search cannot use the continuous distribution {dist}; "
-            "list the points with `values:` or use method random/bayes with run_cap"
-        )
+        problems.append(f"{where}: grid search cannot use the continuous distribution {dist}; "
+                        "list the points with `values:` or use method random/bayes with run_cap")
     if method == "grid" and dist == "categorical_w_probabilities":
         problems.append(f"{where}: grid search does not accept probabilities")
 
     if "min" in spec and "max" in spec:
         lo, hi = spec["min"], spec["max"]
         if not (_is_number(lo) and _is_number(hi)):
-            problems.append(f"{where}: min and max must be numbers, got {lo!r} and {hi!r}")
-            return problems
+            return [*problems, f"{where}: min and max must be numbers, got {lo!r} and {hi!r}"]
         if lo >= hi:
             problems.append(f"{where}: min ({lo}) must be below max ({hi})")
         if dist.endswith("log_uniform_values") and lo <= 0:
             problems.append(f"{where}: {dist} needs min > 0 (its bounds are values), got {lo}")
         if dist in ("log_uniform", "q_log_uniform", "inv_log_uniform") and 0 < lo < 1 and 0 < hi <= 1:
-            problems.append(
-                f"{where}: {dist} takes natural-log exponents, so min={lo}, max={hi} samples "
-                f"exp({lo})..exp({hi}) = {math.exp(lo):.3g}..{math.exp(hi):.3g}; "
-                f"for values between {lo} and {hi} use `distribution: {dist}_values`"
-            )
-        if "distribution" not in spec and dist == "int_uniform" and (lo, hi) == (0, 1) and kind not in ("int", "float"):
-            warnings.warn(
-                f"{where}: {{min: 0, max: 1}} without a distribution is int_uniform (0 or 1 only); write "
-                "0.0 and 1.0 (or `distribution: uniform`) for a fraction",
-                SweepSpecWarning,
-                stacklevel=4,
-            )
-        if "distribution" not in spec and dist == "int_uniform" and kind == "float":
-            problems.append(
-                f"{where}: {{min: {lo}, max: {hi}}} without a distribution is read by W&B as int_uniform "
-                f"(whole numbers only) but {key} is a float; write min/max as floats ({float(lo)}, "
-                f"{float(hi)}) or set `distribution: uniform`"
-            )
+            problems.append(f"{where}: {dist} takes natural-log exponents, so min={lo}, max={hi} samples "
+                            f"exp({lo})..exp({hi}) = {math.exp(lo):.3g}..{math.exp(hi):.3g}; "
+                            f"for values between {lo} and {hi} use `distribution: {dist}_values`")
+        implicit_int = "distribution" not in spec and dist == "int_uniform"
+        if implicit_int and (lo, hi) == (0, 1) and kind not in ("int", "float"):
+            warnings.warn(f"{where}: {{min: 0, max: 1}} without a distribution is int_uniform (0 or 1 only); write "
+                          "0.0 and 1.0 (or `distribution: uniform`) for a fraction", SweepSpecWarning, stacklevel=4)
+        if implicit_int and kind == "float":
+            problems.append(f"{where}: {{min: {lo}, max: {hi}}} without a distribution is read by W&B as int_uniform "
+                            f"(whole numbers only) but {key} is a float; write min/max as floats ({float(lo)}, "
+                            f"{float(hi)}) or set `distribution: uniform`")
     if kind == "int" and dist not in ("constant", "categorical", "categorical_w_probabilities"):
-        q = spec.get("q", PARAM_DEFAULTS["q"])
-        integral = dist in INTEGRAL_DISTRIBUTIONS or (dist.startswith("q_") and float(q).is_integer())
-        if not integral:
-            problems.append(
-                f"{where}: {key} takes integers but {dist} draws fractions; use `values:`, "
-                "int_uniform, or a q_ distribution with an integral q"
-            )
+        integral_q = dist.startswith("q_") and float(spec.get("q", PARAM_DEFAULTS["q"])).is_integer()
+        if dist not in INTEGRAL_DISTRIBUTIONS and not integral_q:
+            problems.append(f"{where}: {key} takes integers but {dist} draws fractions; use `values:`, "
+                            "int_uniform, or a q_ distribution with an integral q")
     problems += _check_values(name, where, key, kind, spec, dist)
     return problems
-
-
-def _kind(name: str, key: str) -> P.Kind:
-    """The value type of parameter ``name`` (which sets ``key``): a sweep-only name's, else the CLI key's."""
-    return SWEEP_ONLY_KINDS.get(name) or key_kind(key)
 
 
 def _check_values(name: str, where: str, key: str, kind: P.Kind, spec: Mapping[str, Any], dist: str) -> list[str]:
@@ -309,20 +257,15 @@ def _check_values(name: str, where: str, key: str, kind: P.Kind, spec: Mapping[s
     for value in values:
         if kind == "int" and value is not None and not (_is_number(value) and float(value).is_integer()):
             problems.append(f"{where}: {key} takes integers, got {value!r}")
-            continue
-        if kind == "bool" and not isinstance(value, bool):
+        elif kind == "bool" and not isinstance(value, bool):
             problems.append(f"{where}: {name} takes true or false, got {value!r}")
-            continue
-        if name == P.PRESET_PARAM:
-            if value not in P.PRESETS:
-                problems.append(f"{where}: unknown preset {value!r} (choose from {', '.join(P.PRESETS)})")
-            continue
-        if name in P.DERIVED:
-            continue
-        try:
-            P.map_value(name, value)
-        except P.SweepParamError as err:
-            problems.append(f"{where}: {err}")
+        elif name == P.PRESET_PARAM and value not in P.PRESETS:
+            problems.append(f"{where}: unknown preset {value!r} (choose from {', '.join(P.PRESETS)})")
+        elif name != P.PRESET_PARAM and name not in P.DERIVED:
+            try:
+                P.map_value(name, value)
+            except P.SweepParamError as err:
+                problems.append(f"{where}: {err}")
     return problems
 
 
@@ -347,14 +290,11 @@ def _check_command(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"program: {program!r} is not dsum's main.py")
     rest = items[program_at + 1:]
     if not rest or rest[0] not in P.SUBCOMMANDS:
-        problems.append(
-            f"command: the item after the program must be a subcommand ({', '.join(P.SUBCOMMANDS)}), "
-            f"got {rest[0] if rest else 'nothing'!r}"
-        )
+        problems.append(f"command: the item after the program must be a subcommand ({', '.join(P.SUBCOMMANDS)}), "
+                        f"got {rest[0] if rest else 'nothing'!r}")
     for item in items:
         if item in UNUSABLE_MACROS:
-            problems.append(f"command: {item} {UNUSABLE_MACROS[item]}, which LightningCLI cannot parse; "
-                            "use ${args}")
+            problems.append(f"command: {item} {UNUSABLE_MACROS[item]}, which LightningCLI cannot parse; use ${{args}}")
         elif len(item.split()) > 1 and (item.split()[0] in P.SUBCOMMANDS or (
                 item.startswith("--") and "=" not in item.split()[0])):
             problems.append(f"command: {item!r} holds several arguments; give each its own `- item`")
@@ -362,8 +302,7 @@ def _check_command(config: Mapping[str, Any]) -> list[str]:
     try:
         natives, _ = P.split_argv(literal, source="command")
     except P.SweepParamError as err:
-        problems.append(f"command: {err}")
-        return problems
+        return [*problems, f"command: {err}"]
     configs = [natives[i + 1] for i, a in enumerate(natives[:-1]) if a in ("--config", "-c")]
     configs += [a.partition("=")[2] for a in natives if a.partition("=")[0] in ("--config", "-c") and "=" in a]
     for path in configs:
@@ -373,30 +312,18 @@ def _check_command(config: Mapping[str, Any]) -> list[str]:
 
 
 def validate_sweep(config: Mapping[str, Any], path: str | Path | None = None) -> None:
-    """Check a sweep config; raise one error listing every problem.
-
-    Args:
-        config: The loaded sweep YAML.
-        path: Its file, named in messages.
-
-    Raises:
-        SweepSpecError: W&B would refuse the config, or dsum could not run a trial from it. Each line
-            names the key or parameter at fault.
-
-    Warns:
-        SweepSpecWarning: random/bayes without ``run_cap`` (runs until stopped unless ``--count`` is given).
-    """
+    """Check a sweep config (``path``: its file, named in messages). Raises one :class:`SweepSpecError` listing,
+    by key or parameter, every problem that W&B would refuse or that would stop a trial; warns
+    (:class:`SweepSpecWarning`) about random/bayes without ``run_cap``, which runs until stopped."""
     label = str(path) if path is not None else "sweep config"
     if not isinstance(config, Mapping):
         raise SweepSpecError(f"{label}: a sweep config must be a mapping")
     problems: list[str] = []
     for key in config:
         if key == "constraints":
-            problems.append(
-                "constraints: not part of W&B's sweep schema (W&B rejects the whole config). dsum enforces the "
-                "original length constraints itself (dsum.sweep.mapping: encoder_max_len > 512 caps the train "
-                "batch at 16, > 1024 at 8 with accumulation >= 2): delete this key"
-            )
+            problems.append("constraints: not part of W&B's sweep schema (W&B rejects the whole config). dsum enforces "
+                            "the original length constraints itself (dsum.sweep.mapping: encoder_max_len > 512 caps "
+                            "the train batch at 16, > 1024 at 8 with accumulation >= 2): delete this key")
         elif key not in TOP_LEVEL_KEYS:
             problems.append(f"{key}: unknown top-level key (W&B allows {', '.join(sorted(TOP_LEVEL_KEYS))})")
 
@@ -430,17 +357,13 @@ def validate_sweep(config: Mapping[str, Any], path: str | Path | None = None) ->
     if problems:
         raise SweepSpecError(f"{label}: invalid sweep config:\n" + "\n".join(f"  - {p}" for p in problems))
     if method in ("random", "bayes") and "run_cap" not in config:
-        warnings.warn(
-            f"{label}: method {method} without run_cap runs until stopped; set run_cap or pass --count",
-            SweepSpecWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"{label}: method {method} without run_cap runs until stopped; set run_cap or pass --count",
+                      SweepSpecWarning, stacklevel=2)
 
 
 def _check_metric(metric: Mapping[str, Any]) -> list[str]:
     problems = []
-    extra = set(metric) - METRIC_KEYS
-    if extra:
+    if extra := set(metric) - METRIC_KEYS:
         problems.append(f"metric: unknown keys {', '.join(sorted(extra))}")
     name = metric["name"]
     if name not in LOGGED_METRICS:
@@ -461,8 +384,8 @@ def _check_early_terminate(early: Any) -> list[str]:
     if not isinstance(early, Mapping) or early.get("type") != "hyperband":
         return ["early_terminate: only {type: hyperband, ...} is supported by W&B"]
     problems = []
-    if set(early) - EARLY_TERMINATE_KEYS:
-        problems.append(f"early_terminate: unknown keys {', '.join(sorted(set(early) - EARLY_TERMINATE_KEYS))}")
+    if extra := set(early) - EARLY_TERMINATE_KEYS:
+        problems.append(f"early_terminate: unknown keys {', '.join(sorted(extra))}")
     if "min_iter" not in early and not {"max_iter", "s"} <= set(early):
         problems.append("early_terminate: hyperband needs min_iter, or max_iter and s")
     if "min_iter" in early and (not isinstance(early["min_iter"], int) or early["min_iter"] < 1):
@@ -491,15 +414,17 @@ def _check_parameter_set(parameters: Mapping[str, Any], method: str) -> list[str
     return problems
 
 
-# ------------------------------------------------------------------------------------------- sampling
+def quantize(value: float, q: float) -> float:
+    """``value`` rounded to a multiple of ``q``: W&B's rule, a grid anchored at 0, not at min."""
+    return round(value / q) * q
+
+
 def _sample_one(spec: Mapping[str, Any], rng: random.Random) -> Any:
     dist = distribution_of(spec)
+    if dist.startswith("q_") and dist in DISTRIBUTIONS:  # the q-less distribution's draw, quantised
+        return quantize(_sample_one({**spec, "distribution": dist[2:]}, rng), spec.get("q", PARAM_DEFAULTS["q"]))
     lo, hi = spec.get("min"), spec.get("max")
-    q, mu, sigma, a, b = (spec.get(k, PARAM_DEFAULTS[k]) for k in ("q", "mu", "sigma", "a", "b"))
-
-    def quantize(x: float) -> float:
-        return round(x / q) * q
-
+    mu, sigma, a, b = (spec.get(k, PARAM_DEFAULTS[k]) for k in ("mu", "sigma", "a", "b"))
     if dist == "constant":
         return spec["value"]
     if dist == "categorical":
@@ -510,40 +435,25 @@ def _sample_one(spec: Mapping[str, Any], rng: random.Random) -> Any:
         return rng.randint(int(lo), int(hi))
     if dist == "uniform":
         return rng.uniform(lo, hi)
-    if dist == "q_uniform":
-        return quantize(rng.uniform(lo, hi))
     if dist == "log_uniform":
         return math.exp(rng.uniform(lo, hi))
-    if dist == "q_log_uniform":
-        return quantize(math.exp(rng.uniform(lo, hi)))
     if dist == "log_uniform_values":
         return math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    if dist == "q_log_uniform_values":
-        return quantize(math.exp(rng.uniform(math.log(lo), math.log(hi))))
     if dist == "inv_log_uniform":
         return math.exp(-rng.uniform(lo, hi))
     if dist == "inv_log_uniform_values":
         return 1.0 / math.exp(rng.uniform(math.log(1.0 / hi), math.log(1.0 / lo)))
     if dist == "normal":
         return rng.gauss(mu, sigma)
-    if dist == "q_normal":
-        return quantize(rng.gauss(mu, sigma))
     if dist == "log_normal":
         return math.exp(rng.gauss(mu, sigma))
-    if dist == "q_log_normal":
-        return quantize(math.exp(rng.gauss(mu, sigma)))
-    if dist in ("beta", "q_beta"):
-        x = rng.betavariate(a, b)
-        return quantize(x) if dist == "q_beta" else x
+    if dist == "beta":
+        return rng.betavariate(a, b)
     raise SweepSpecError(f"cannot sample distribution {dist!r}")
 
 
 def sample_params(config: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
-    """One value per parameter, drawn as W&B's random search would (floats stay floats, as W&B sends them).
-
-    Args:
-        config: A sweep config (its ``parameters``).
-        rng: The random source, e.g. ``random.Random(0)``.
-    """
+    """One value per parameter of ``config``, drawn from ``rng`` as W&B's random search would (floats stay
+    floats, as W&B sends them)."""
     parameters = config.get("parameters") or {}
     return {str(name): _sample_one(spec, rng) for name, spec in parameters.items()}

@@ -22,7 +22,7 @@ from dsum.infra.files import atomic_write_json, atomic_write_text, read_json
 from dsum.infra.log import warn
 from dsum.infra.secrets import redact
 from dsum.registry import (
-    DEFAULT_REGISTRY, SANDBOX_REGISTRY, Goal, RegistryError, beats, promote_if_better, registry_for, resolve, run_facts,
+    DEFAULT_REGISTRY, SANDBOX_REGISTRY, Goal, RegistryError, promote_if_better, registry_for, resolve, run_facts,
     wandb_online,
 )
 
@@ -98,8 +98,7 @@ def evaluated_version(run_dir: Path) -> dict[str, Any] | None:
     config = run_dir / "config.yaml"
     if not config.is_file():
         return None
-    with open(config, encoding="utf-8") as handle:
-        model = (yaml.safe_load(handle) or {}).get("model") or {}
+    model = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("model") or {}
     pretrained = (model.get("init_args") or {}).get("pretrained")
     return resolve(pretrained) if isinstance(pretrained, str) else None
 
@@ -151,23 +150,15 @@ def wandb_trials(sweep_path: str, metric: str) -> list[dict[str, Any]]:
 
 
 def best_trial(trials: list[dict[str, Any]], goal: Goal) -> dict[str, Any] | None:
-    best = None
-    for trial in trials:
-        if trial["metric"] is not None and (best is None or beats(trial["metric"], best["metric"], goal)):
-            best = trial
-    return best
+    """The trial with the best metric (the first of equals), or None."""
+    scored = [trial for trial in trials if trial["metric"] is not None]
+    return (max if goal == "maximize" else min)(scored, key=lambda trial: trial["metric"], default=None)
 
 
-def summarize(
-    sweep_dir: str | Path,
-    sweep_id: str,
-    metric: str = MONITOR,
-    goal: Goal = "maximize",
-    wandb_path: str | None = None,
-    registry: str | Path | None = DEFAULT_REGISTRY,
-    sandbox_registry: str | Path = SANDBOX_REGISTRY,
-    trial_rows: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+def summarize(sweep_dir: str | Path, sweep_id: str, metric: str = MONITOR, goal: Goal = "maximize",
+              wandb_path: str | None = None, registry: str | Path | None = DEFAULT_REGISTRY,
+              sandbox_registry: str | Path = SANDBOX_REGISTRY, trial_rows: list[dict[str, Any]] | None = None
+              ) -> dict[str, Any]:
     """Write ``<sweep_dir>/<sweep_id>_summary.json`` and ``<sweep_id>_runs.csv``; promote the best model.
 
     Args:
@@ -178,8 +169,7 @@ def summarize(
         wandb_path: ``entity/project/sweep_id`` to also read trials from the W&B API; local records win.
         registry: Registry root real runs promote into, or None not to promote.
         sandbox_registry: Registry root for runs on the bundled sample data or on ``dsum.tiny`` models.
-        trial_rows: The trials (one :func:`collect_trials` row each) instead of the run records under
-            ``sweep_dir``: the local engine passes its study's, which every machine sharing it reads alike.
+        trial_rows: The trials (:func:`collect_trials` rows) instead of the run records: the local engine's study's.
     """
     sweep_dir = Path(sweep_dir)
     trials = {t["run_id"]: t for t in (wandb_trials(wandb_path, metric) if wandb_path else [])}

@@ -1,13 +1,6 @@
-"""Local sweep bookkeeping, kept in the Optuna study itself: where the study lives and what its trials record.
-
-- identity and storage: :func:`local_study_id` (the same YAML resumes the same study), :func:`storage_url`,
-  :func:`display_url`;
-- what a worker records on each trial it claims (``*_ATTR`` user attributes: parameters, run id, the worker's
-  host, pid and heartbeat), :class:`Claim`, and how a trial ended, :class:`Outcome`;
-- stale trials: :func:`is_stale` tells when a RUNNING trial's worker is gone;
-- the command ``wandb agent`` would run for a trial: :func:`agent_command`.
-
-:mod:`dsum.sweep.local` (the engine) uses these and re-exports them.
+"""Local sweep bookkeeping, kept in the Optuna study itself: the study's identity and storage, what a worker records
+on each trial it claims (``*_ATTR`` user attributes), how a trial ended, when a RUNNING trial's worker is gone, and
+the command ``wandb agent`` would run. :mod:`dsum.sweep.local` (the engine) uses these.
 """
 
 from __future__ import annotations
@@ -24,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 from optuna.trial import TrialState
 
-from dsum.infra.files import atomic_write_json
+from dsum.infra.files import atomic_write_json, read_json
 from dsum.infra.log import note, warn
 from dsum.infra.secrets import redact, redact_text
 from dsum.sweep.spec import load_sweep
+from dsum.sweep.summary import TRIAL_RECORDS
 from dsum.sweep.wandb_backend import sweep_name
 
 STORAGE_FILE = "optuna.journal"
@@ -59,11 +54,9 @@ SEARCH_KEYS = ("program", "command", "method", "metric", "parameters", "early_te
 
 # ------------------------------------------------------------------------------------------- identity and storage
 def local_study_id(sweep_file: str | Path, config: Mapping[str, Any] | None = None) -> str:
-    """The study (and ``WANDB_SWEEP_ID``) of a sweep YAML: ``local-<name>-<hash of its search>``.
-
-    The same YAML always gives the same id, so rerunning a command resumes its study; editing the
-    search (parameters, method, metric, command) starts a new one instead of mixing two searches.
-    """
+    """The study (and ``WANDB_SWEEP_ID``) of a sweep YAML: ``local-<name>-<hash of its search>``. The same YAML
+    always gives the same id, so rerunning a command resumes its study; editing the search (parameters, method,
+    metric, command) starts a new one instead of mixing two searches."""
     config = load_sweep(sweep_file) if config is None else config
     search = {key: config.get(key) for key in SEARCH_KEYS}
     digest = hashlib.sha256(json.dumps(search, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -85,13 +78,10 @@ def display_url(url: str) -> str:
 # ------------------------------------------------------------------------------------------- stale trials
 def _process_alive(pid: int, started: float | None) -> bool:
     """Whether process ``pid`` runs and is the same process (same start time) as the one recorded."""
-    import psutil
-
     try:
         process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(process.create_time() - started) < 1.0
+        return process.status() != psutil.STATUS_ZOMBIE and (
+            started is None or abs(process.create_time() - started) < 1.0)
     except psutil.NoSuchProcess:
         return False
     except psutil.Error:
@@ -101,8 +91,6 @@ def _process_alive(pid: int, started: float | None) -> bool:
 def process_started(pid: int | None = None) -> float | None:
     """The start time of process ``pid`` (default: this one), recorded beside its pid so a reused pid is not
     taken for the worker."""
-    import psutil
-
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
@@ -113,8 +101,6 @@ def stop_trial_process(pid: int, started: float | None, grace: float = ORPHAN_GR
     """Stop a trial process whose worker died, if it still runs (a worker killed without its trial): SIGTERM
     (it saves ``last.ckpt`` and records ``interrupted``), then SIGKILL after ``grace`` seconds. Returns whether
     a process was stopped. A pid now used by another process (other start time) is left alone."""
-    import psutil
-
     if not _process_alive(pid, started):
         return False
     try:
@@ -137,11 +123,9 @@ def stop_trial_process(pid: int, started: float | None, grace: float = ORPHAN_GR
 def mark_record_failed(run_dir: Path, reason: str) -> bool:
     """Mark a dead trial's run record ``failed`` (with ``reason``) when it still says ``running``, so summaries
     and ``runs.csv`` never show it running forever. Returns whether the record was changed."""
-    path = next((run_dir / name for name in ("run.json", "validate.json") if (run_dir / name).is_file()), None)
-    if path is None:
-        return False
+    path = next((run_dir / name for name in TRIAL_RECORDS if (run_dir / name).is_file()), None)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path) if path else None
     except (OSError, ValueError):
         return False
     if not isinstance(record, dict) or record.get("status") != "running":
@@ -154,14 +138,15 @@ def mark_record_failed(run_dir: Path, reason: str) -> bool:
     return True
 
 
-def is_stale(trial: optuna.trial.FrozenTrial, now: float, host: str) -> bool:
+def is_stale(trial: optuna.trial.FrozenTrial, now: float, host: str,
+             stale_after: float = STALE_AFTER_SECONDS) -> bool:
     """Whether a RUNNING trial's worker is gone: its process has ended (this host), or its heartbeat (the
-    start time when it never beat) is older than :data:`STALE_AFTER_SECONDS`."""
+    start time when it never beat) is older than ``stale_after`` seconds."""
     attrs = trial.user_attrs
     if attrs.get(HOST_ATTR) == host and PID_ATTR in attrs:
         return not _process_alive(int(attrs[PID_ATTR]), attrs.get(PID_STARTED_ATTR))
     last = attrs.get(HEARTBEAT_ATTR) or (trial.datetime_start.timestamp() if trial.datetime_start else now)
-    return now - float(last) > STALE_AFTER_SECONDS
+    return now - float(last) > stale_after
 
 
 # ------------------------------------------------------------------------------------------- claims and outcomes
@@ -206,10 +191,7 @@ def agent_command(config: Mapping[str, Any], params: Mapping[str, Any], args_jso
     if platform.system() != "Windows":
         sweep_vars["env"] = ["/usr/bin/env"]
     command: list[str] = []
-    for chunk in sweep_command:
-        chunk = str(chunk)
-        if chunk.startswith("${") and chunk.endswith("}"):
-            command += sweep_vars.get(chunk[2:-1]) or []
-        else:
-            command.append(chunk)
+    for chunk in map(str, sweep_command):
+        variable = chunk.startswith("${") and chunk.endswith("}")
+        command += (sweep_vars.get(chunk[2:-1]) or []) if variable else [chunk]
     return command, "${args_json_file}" in sweep_command

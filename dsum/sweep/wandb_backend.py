@@ -52,10 +52,8 @@ def sweep_path(sweep_id: str, project: str | None, entity: str | None) -> str:
 
 
 def agent_command(sweep_id: str, count: int | None, project: str | None, entity: str | None) -> list[str]:
-    command = [sys.executable, "-m", "wandb", "agent"]
-    if count:
-        command += ["--count", str(count)]
-    return command + [sweep_path(sweep_id, project, entity)]
+    count_args = ["--count", str(count)] if count else []
+    return [sys.executable, "-m", "wandb", "agent", *count_args, sweep_path(sweep_id, project, entity)]
 
 
 def agent_env(name: str) -> dict[str, str]:

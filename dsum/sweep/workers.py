@@ -45,22 +45,16 @@ def visible_gpus() -> list[str]:
     """GPU ids to pin workers to: ``CUDA_VISIBLE_DEVICES`` if set, else every CUDA device."""
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
         return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
-    try:
-        import torch
+    import torch
 
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def gpu_groups(gpus: list[str], workers: int, per_worker: int = 1) -> list[str | None]:
     """``CUDA_VISIBLE_DEVICES`` for each worker: disjoint groups of ``per_worker`` GPUs (for trials that run DDP
-    inside, with ``--trainer.devices=per_worker``), shared round robin when there are more workers than groups.
-    GPUs left over by an uneven split stay unused. ``[None, ...]`` without GPUs.
-
-    Raises:
-        ValueError: ``per_worker`` < 1, or more GPUs per worker than are visible.
-    """
+    inside, with ``--trainer.devices=per_worker``), shared round robin when there are more workers than groups;
+    GPUs left over by an uneven split stay unused; ``[None, ...]`` without GPUs. ValueError if ``per_worker`` < 1
+    or more than the visible GPUs."""
     if per_worker < 1:
         raise ValueError(f"gpus_per_worker must be >= 1, got {per_worker}")
     if not gpus:
@@ -81,19 +75,15 @@ def cpu_threads_env(workers: int) -> dict[str, str]:
 
 def run_workers(commands: list[list[str]], log_dir: str | Path, env: dict[str, str] | None = None,
                 gpus_per_worker: int = 1) -> list[WorkerResult]:
-    """Start every command at once, each pinned to its own GPUs when GPUs exist, and wait for all.
-
-    Worker ``i`` gets ``CUDA_VISIBLE_DEVICES`` = its group of ``gpus_per_worker`` visible GPUs (:func:`gpu_groups`)
-    and writes stdout+stderr to ``<log_dir>/worker_<i>.log``. A failing worker does not stop the others.
-    """
+    """Start every command at once and wait for all. Worker ``i`` sees only its group of ``gpus_per_worker`` GPUs
+    (:func:`gpu_groups`) and writes stdout+stderr to ``<log_dir>/worker_<i>.log``; a failing one stops no other."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     pinned = gpu_groups(visible_gpus(), len(commands), gpus_per_worker)
     env = {**cpu_threads_env(len(commands)), **(env or {})}
     running = []
-    for i, command in enumerate(commands):
-        worker_env = {**os.environ, **(env or {})}
-        gpu = pinned[i]
+    for i, (command, gpu) in enumerate(zip(commands, pinned)):
+        worker_env = {**os.environ, **env}
         if gpu is not None:
             worker_env["CUDA_VISIBLE_DEVICES"] = gpu
         log_file = log_dir / f"worker_{i}.log"

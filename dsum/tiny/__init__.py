@@ -1,8 +1,7 @@
 """Tiny random Hugging Face models and tokenizers for tests and the offline quickstart.
 
-``build`` (BART, T5, GPT-2 and the command ``python -m dsum.tiny``), ``llm`` (the Llama-style chat LLM, briefly
-pre-trained) and ``tokenizer_training`` (the tokenizers both train). ``dsum.tiny.build_tiny_model`` and the other
-names of :mod:`dsum.tiny.build` (the module ``dsum.tiny`` was before it became a package) still resolve here.
+``build`` (BART, T5, GPT-2 and ``python -m dsum.tiny``), ``llm`` (the Llama-style chat LLM) and
+``tokenizer_training``. The names of :mod:`dsum.tiny.build` (the old module ``dsum.tiny``) still resolve here.
 """
 
 import importlib
@@ -13,9 +12,8 @@ SUBMODULES = ("build", "llm", "tokenizer_training")
 
 def __getattr__(name: str) -> Any:
     """The names of :mod:`dsum.tiny.build`, imported on first use (it imports transformers)."""
-    if name.startswith("__") or name in SUBMODULES:  # a submodule not imported yet: the import system loads it
-        raise AttributeError(f"module 'dsum.tiny' has no attribute {name!r}")
-    try:
-        return getattr(importlib.import_module("dsum.tiny.build"), name)
-    except AttributeError:
-        raise AttributeError(f"module 'dsum.tiny' has no attribute {name!r}") from None
+    if not name.startswith("__") and name not in SUBMODULES:  # a submodule not imported yet: the import system loads it
+        build = importlib.import_module("dsum.tiny.build")
+        if hasattr(build, name):
+            return getattr(build, name)
+    raise AttributeError(f"module 'dsum.tiny' has no attribute {name!r}")

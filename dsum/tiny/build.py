@@ -1,25 +1,16 @@
 """Tiny, randomly initialised Hugging Face models built offline from a dialogue CSV.
 
-Tests, the quickstart and benchmarks cannot download checkpoints, so this module trains a small
-tokenizer on a CSV's ``dialogue`` and ``summary`` columns and saves a seeded random model of one of
-three families in ordinary Hugging Face format (``config.json``, safetensors weights,
-``generation_config.json``, ``tokenizer.json`` + ``tokenizer_config.json``):
+Tests, the quickstart and benchmarks cannot download checkpoints, so this module trains a small tokenizer on a
+CSV's ``dialogue`` and ``summary`` columns and saves a seeded random model in Hugging Face format:
 
 - ``bart``: ``BartForConditionalGeneration``; ``<s> X </s>`` inputs, decoding starts from ``</s>``.
-- ``t5``: ``T5ForConditionalGeneration`` (v1.1-style gated-GELU); ``<pad>``=0, ``</s>``=1, ``<unk>``=2,
-  inputs get ``</s>`` appended, decoding starts from ``<pad>``.
-- ``gpt2``: ``GPT2LMHeadModel`` with a byte-level BPE, ``<|endoftext|>`` as bos/eos/unk and no pad
-  token, like the real GPT-2, so callers must cope with a decoder-only model without one.
+- ``t5``: ``T5ForConditionalGeneration`` (v1.1 gated-GELU); ``<pad>``=0, ``</s>``=1, ``<unk>``=2, inputs end
+  in ``</s>``, decoding starts from ``<pad>``.
+- ``gpt2``: ``GPT2LMHeadModel``, byte-level BPE, ``<|endoftext|>`` as bos/eos/unk and, like GPT-2, no pad token.
 
-Every ``#...#`` mask in the CSV plus :data:`DEFAULT_MASKS` becomes one special token, as in the
-original baseline. Note that ``decode(..., skip_special_tokens=True)`` therefore also deletes the
-masks (``#Person1#``) from generated text; decode with ``skip_special_tokens=False`` and strip the
-bos/eos/pad strings instead when masks must survive.
-
-Newlines: for ``bart`` and ``t5`` the pre-tokenizer isolates every ``"\\n"`` as its own token (``"\\n"``
-is always in the alphabet), so dialogue turns stay separated and decode back to ``"\\n"``; characters
-the small vocabulary lacks fall back to UTF-8 byte tokens (``<0xEA>``) instead of ``<unk>``.
-``gpt2`` is byte-level, so nothing is ever unknown.
+Every ``#...#`` mask in the CSV plus :data:`DEFAULT_MASKS` is one special token, so ``skip_special_tokens=True``
+also deletes masks from decoded text. ``bart`` and ``t5`` keep every ``"\\n"`` a token of its own and fall back
+to UTF-8 byte tokens (``<0xEA>``) rather than ``<unk>``.
 
 Example:
     python -m dsum.tiny --csv data/sample/train.csv --out tiny_models --families bart,t5
@@ -35,7 +26,7 @@ from transformers import PreTrainedTokenizerFast
 
 from dsum.data.text import DEFAULT_MASKS, MASK_PATTERN  # noqa: F401 (DEFAULT_MASKS: the default masks, re-exported)
 from dsum.tiny.llm import PRETRAIN_STEPS
-from dsum.tiny.tokenizer_training import SPECIALS, as_paths, discover_masks, read_texts, train_backend
+from dsum.tiny.tokenizer_training import SPECIALS, discover_masks, read_texts, train_backend
 
 FAMILIES: tuple[str, ...] = ("bart", "t5", "gpt2")
 """Model families :func:`build_tiny_model` can build."""
@@ -49,27 +40,14 @@ def build_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a small BPE tokenizer for ``family`` on the CSVs' dialogues and summaries.
 
-    Args:
-        csv_paths: CSV file(s) with ``dialogue`` and/or ``summary`` columns.
-        family: One of :data:`FAMILIES`; picks the special tokens and pre-tokenizer.
-        vocab_size: Target vocabulary size, special and byte tokens included. A small corpus may
-            give fewer tokens; read ``len(tokenizer)`` for the real size.
-        max_positions: Saved as ``model_max_length``.
-        masks: Mask tokens to register as special tokens; by default :data:`DEFAULT_MASKS` plus
-            every ``#...#`` mask found in the CSVs.
-
-    Returns:
-        A fast tokenizer whose ``save_pretrained`` output ``AutoTokenizer`` loads back unchanged.
-
-    Raises:
-        ValueError: Unknown family, too small a ``vocab_size``, a mask not of the form ``#Name#``,
-            or CSVs without text.
+    ``family`` (:data:`FAMILIES`) picks the special tokens and pre-tokenizer; ``vocab_size`` counts special and byte
+    tokens (a small corpus may give fewer: read ``len(tokenizer)``); ``max_positions`` is saved as
+    ``model_max_length``; ``masks`` are registered as special tokens (default: :data:`DEFAULT_MASKS` and every
+    ``#...#`` mask in the CSVs). ``AutoTokenizer`` loads the result's ``save_pretrained`` output back unchanged.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not supported; choose one of {list(FAMILIES)}.")
     texts = read_texts(csv_paths)
-    if not texts:
-        raise ValueError(f"{[str(p) for p in as_paths(csv_paths)]}: no non-empty dialogue/summary text to train on.")
     mask_list = discover_masks(texts) if masks is None else list(dict.fromkeys(masks))
     bad = [m for m in mask_list if not MASK_PATTERN.fullmatch(m)]
     if bad:
@@ -100,29 +78,23 @@ def _model_and_generation_config(
             decoder_ffn_dim=ffn, max_position_embeddings=max_positions, pad_token_id=pad,
             bos_token_id=bos, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos,
         )
-        generation = GenerationConfig(
-            decoder_start_token_id=eos, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
-            forced_eos_token_id=eos, max_new_tokens=max_new_tokens,
-        )
+        generation = {"decoder_start_token_id": eos, "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad,
+                      "forced_eos_token_id": eos}
     elif family == "t5":
         config = T5Config(
             vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=ffn, num_layers=layers,
             num_decoder_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu",
             pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
         )
-        generation = GenerationConfig(
-            decoder_start_token_id=pad, eos_token_id=eos, pad_token_id=pad, max_new_tokens=max_new_tokens
-        )
+        generation = {"decoder_start_token_id": pad, "eos_token_id": eos, "pad_token_id": pad}
     else:
         config = GPT2Config(
             vocab_size=vocab, n_embd=d_model, n_layer=layers, n_head=heads, n_inner=ffn,
             n_positions=max_positions, bos_token_id=bos, eos_token_id=eos,
         )
         # No pad token exists; generate() pads finished rows with eos, as for the real GPT-2.
-        generation = GenerationConfig(
-            bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, max_new_tokens=max_new_tokens
-        )
-    return config, generation
+        generation = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos}
+    return config, GenerationConfig(**generation, max_new_tokens=max_new_tokens)
 
 
 def build_tiny_model(
@@ -138,27 +110,11 @@ def build_tiny_model(
     seed: int = 0,
     max_new_tokens: int = 64,
 ) -> Path:
-    """Build and save a seeded, randomly initialised model with its tokenizer in Hugging Face format.
+    """Build and save a seeded, randomly initialised ``family`` model (:data:`FAMILIES`) and its tokenizer, trained on
+    ``csv_paths``, in Hugging Face format into ``out_dir`` (created if missing; files in it are overwritten).
 
-    Args:
-        family: One of :data:`FAMILIES`.
-        out_dir: Directory to write; created if missing, files in it are overwritten.
-        csv_paths: CSV file(s) the tokenizer is trained on.
-        d_model: Hidden size.
-        layers: Number of layers; for ``bart`` and ``t5`` the encoder and the decoder each get this many.
-        heads: Attention heads; default ``max(4, d_model // 64)``. Must divide ``d_model``.
-        ffn: Feed-forward inner size; default ``2 * d_model``.
-        vocab_size: Target tokenizer vocabulary size; the model's vocabulary is ``len(tokenizer)``.
-        max_positions: Longest input: BART position embeddings, GPT-2 ``n_positions`` and the
-            tokenizer's ``model_max_length`` (T5 uses relative positions).
-        seed: Seed for the random weights (the tokenizer is deterministic).
-        max_new_tokens: Default generation length saved in ``generation_config.json``.
-
-    Returns:
-        ``out_dir`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ValueError: An unknown family or inconsistent sizes.
+    The sizes, ``seed`` and ``max_new_tokens`` are as in :func:`main`; the model's vocabulary is ``len(tokenizer)``.
+    Returns ``out_dir`` as a :class:`~pathlib.Path`.
     """
     import torch
     from transformers import BartForConditionalGeneration, GPT2LMHeadModel, T5ForConditionalGeneration
@@ -167,8 +123,8 @@ def build_tiny_model(
         raise ValueError(f"family={family!r} is not supported; choose one of {list(FAMILIES)}.")
     heads = heads if heads is not None else max(4, d_model // 64)
     ffn = ffn if ffn is not None else 2 * d_model
-    sizes = {"d_model": d_model, "layers": layers, "heads": heads, "ffn": ffn, "max_positions": max_positions}
-    for name, value in sizes.items():
+    for name, value in {"d_model": d_model, "layers": layers, "heads": heads, "ffn": ffn,
+                        "max_positions": max_positions}.items():
         if value < 1:
             raise ValueError(f"{name}={value} must be a positive integer.")
     if d_model % heads:
@@ -202,18 +158,8 @@ def build_all(
     families: Sequence[str] = FAMILIES,
     **sizes,
 ) -> dict[str, Path]:
-    """Build one tiny model per family under ``out_dir/<family>``.
-
-    Args:
-        csv_paths: CSV file(s) the tokenizers are trained on.
-        out_dir: Parent directory.
-        families: Families to build.
-        **sizes: Passed to :func:`build_tiny_model` (``d_model``, ``layers``, ``heads``, ``ffn``,
-            ``vocab_size``, ``max_positions``, ``seed``, ``max_new_tokens``).
-
-    Returns:
-        Family name -> model directory.
-    """
+    """Build one tiny model per family under ``out_dir/<family>`` (``sizes``: :func:`build_tiny_model`'s options);
+    returns family name -> model directory."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"families {unknown} are not supported; choose from {list(FAMILIES)}.")
@@ -258,19 +204,14 @@ def main(
     unknown = [f for f in names if f not in (*FAMILIES, "llm")]
     if unknown or not names:
         raise ValueError(f"--families={families!r}: {unknown or 'nothing'} is not one of {[*FAMILIES, 'llm']}.")
+    sizes = {"d_model": d_model, "layers": layers, "heads": heads, "ffn": ffn, "vocab_size": vocab_size,
+             "max_positions": max_positions, "seed": seed, "max_new_tokens": max_new_tokens}
     for family in names:
         start = time.perf_counter()
         if family == "llm":
             from dsum.tiny.llm import build_tiny_llm
 
-            path = build_tiny_llm(Path(out) / family, csv, d_model=d_model, layers=layers, heads=heads, ffn=ffn,
-                                  vocab_size=vocab_size, max_positions=max_positions, seed=seed,
-                                  max_new_tokens=max_new_tokens, pretrain_steps=pretrain_steps)
-            print(f"{family}: {path} ({time.perf_counter() - start:.1f}s)")
-            continue
-        path = build_tiny_model(
-            family, Path(out) / family, csv, d_model=d_model, layers=layers, heads=heads, ffn=ffn,
-            vocab_size=vocab_size, max_positions=max_positions, seed=seed, max_new_tokens=max_new_tokens,
-        )
+            path = build_tiny_llm(Path(out) / family, csv, pretrain_steps=pretrain_steps, **sizes)
+        else:
+            path = build_tiny_model(family, Path(out) / family, csv, **sizes)
         print(f"{family}: {path} ({time.perf_counter() - start:.1f}s)")
-

@@ -1,19 +1,12 @@
 """A tiny Llama-style instruction LLM with a chat template, built offline from a dialogue CSV.
 
-:func:`build_tiny_llm` writes an ordinary Hugging Face checkpoint (``LlamaForCausalLM``: rotary positions,
-RMSNorm, SwiGLU, grouped-query attention, untied output head) with a byte-fallback BPE tokenizer trained on
-the CSV's dialogues and summaries, and a ChatML chat template in the style of Qwen2-Instruct:
-``<|im_start|>role\\ncontent<|im_end|>\\n``; ``<|im_end|>`` is eos and the end-of-turn token,
-``<|endoftext|>`` pads. Like a real LLM's, the tokenizer does **not** know the data's masks (``#Person1#``):
-dsum adds them, so LoRA runs train their new embedding and output rows.
+:func:`build_tiny_llm` writes a ``LlamaForCausalLM`` checkpoint (GQA, untied head) with a byte-fallback BPE
+tokenizer trained on the CSV's text and a Qwen2-Instruct-style ChatML template: ``<|im_end|>`` is eos and
+end-of-turn, ``<|endoftext|>`` pads. Like a real LLM's, the tokenizer does not know the data's masks: dsum adds them.
 
-A random base gives LoRA nothing to adapt, so the model is briefly **pre-trained** when it is built: language
-modelling on the CSV's text in the chat format, but never a dialogue paired with its summary. Every dialogue is a
-lone user turn and every summary a lone assistant turn (``<|im_start|>user\n{dialogue}<|im_end|>\n`` and
-``<|im_start|>assistant\n{summary}<|im_end|>\n``), each a document ending in ``<|endoftext|>``, shuffled, packed
-into blocks of ``block_size`` tokens, ``pretrain_steps`` AdamW steps. So, like a real instruction model, it knows
-the language, the chat markup and when a turn ends; it does not know the task. With the defaults this takes about
-25 s on 2 idle CPU cores.
+A random base gives LoRA nothing to adapt, so the model is briefly pre-trained (about 25 s on 2 CPU cores): language
+modelling on every dialogue as a lone user turn and every summary as a lone assistant turn, never the two paired.
+So it knows the language, the chat markup and when a turn ends, but not the task.
 
 Example:
     python -m dsum.tiny --csv data/sample/train.csv --out tiny_models --families llm
@@ -21,9 +14,12 @@ Example:
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 from transformers import PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
 from dsum.tiny.tokenizer_training import SPECIALS, as_paths, read_texts, train_backend
@@ -48,17 +44,9 @@ against 22.9 for the best constant summary: 24.0 after 150 steps, 49.8 after 300
 def build_llm_tokenizer(
     csv_paths: str | Path | Sequence[str | Path], vocab_size: int = 2000, max_positions: int = 1024
 ) -> PreTrainedTokenizerFast:
-    """A byte-fallback BPE tokenizer with ChatML special tokens and chat template, trained on the CSVs' text.
-
-    Args:
-        csv_paths: CSV file(s) with ``dialogue`` and/or ``summary`` columns.
-        vocab_size: Target vocabulary size, special and byte tokens included.
-        max_positions: Saved as ``model_max_length``.
-    """
-    texts = read_texts(csv_paths)
-    if not texts:
-        raise ValueError(f"{[str(p) for p in as_paths(csv_paths)]}: no non-empty dialogue/summary text to train on.")
-    backend = train_backend(LLM_FAMILY, texts, [IM_START], vocab_size)
+    """A byte-fallback BPE tokenizer with ChatML special tokens and chat template, trained on the CSVs' text
+    (``vocab_size`` includes special and byte tokens; ``max_positions`` is saved as ``model_max_length``)."""
+    backend = train_backend(LLM_FAMILY, read_texts(csv_paths), [IM_START], vocab_size)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         model_max_length=max_positions,
@@ -71,10 +59,6 @@ def build_llm_tokenizer(
 
 def pretraining_documents(csv_paths: str | Path | Sequence[str | Path], seed: int) -> list[str]:
     """The CSVs' dialogues as lone user turns and summaries as lone assistant turns (ChatML), shuffled."""
-    import random
-
-    import pandas as pd
-
     documents = []
     for path in as_paths(csv_paths):
         frame = pd.read_csv(path, keep_default_na=False, dtype=str)
@@ -97,12 +81,11 @@ def _pretrain(model, tokenizer: PreTrainedTokenizerFast, documents: list[str], s
     if len(blocks) == 0:
         raise ValueError(f"too little text to pre-train on: {len(ids)} tokens < block_size={block_size}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 10), steps)  # 10% warmup
     losses = []
     model.train()
     for step in range(steps):
-        rows = torch.randint(len(blocks), (batch_size,))
-        batch = blocks[rows]
+        batch = blocks[torch.randint(len(blocks), (batch_size,))]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -131,27 +114,17 @@ def build_tiny_llm(
 ) -> Path:
     """Build, briefly pre-train and save a tiny Llama-style chat model with its tokenizer (Hugging Face format).
 
+    ``csv_paths`` trains the tokenizer and pre-trains the model; the sizes, ``seed`` (also of the pre-training
+    batches), ``max_new_tokens`` and ``pretrain_steps`` are as in :func:`dsum.tiny.build.main`, with half of the
+    ``heads`` as key/value heads (GQA) and ``ffn`` the SwiGLU size.
+
     Args:
-        out_dir: Directory to write; created if missing.
-        csv_paths: CSV file(s) the tokenizer is trained on and the model pre-trained on.
-        d_model: Hidden size.
-        layers: Decoder layers.
-        heads: Attention heads; default ``max(4, d_model // 64)``; key/value heads are half of them (GQA).
-        ffn: SwiGLU inner size; default ``2 * d_model``.
-        vocab_size: Target tokenizer vocabulary size.
-        max_positions: ``max_position_embeddings`` and the tokenizer's ``model_max_length``.
-        seed: Seed for the weights and the pre-training batches.
-        max_new_tokens: Default generation length saved in ``generation_config.json``.
-        pretrain_steps: Language-modelling steps on the CSV's text (0 = keep the random weights).
         block_size: Tokens per pre-training sequence.
         batch_size: Sequences per pre-training step.
         learning_rate: Peak pre-training learning rate (cosine decay, 10% warmup).
 
-    Returns:
-        ``out_dir`` as a :class:`~pathlib.Path`; ``pretraining.json`` in it records the losses.
+    Returns ``out_dir`` as a :class:`~pathlib.Path`; ``pretraining.json`` in it records the losses.
     """
-    import json
-
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 

@@ -1,5 +1,5 @@
-"""Tokenizer training for the tiny offline models (:mod:`dsum.tiny` and :mod:`dsum.tiny.llm` both use it): byte-
-fallback BPE on a dialogue CSV's text, with each family's special tokens and the data's masks."""
+"""Tokenizer training for the tiny offline models: byte-fallback BPE on a dialogue CSV's text, with each family's
+special tokens and the data's masks."""
 
 from __future__ import annotations
 
@@ -41,17 +41,9 @@ def as_paths(csv_paths: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def read_texts(csv_paths: str | Path | Sequence[str | Path]) -> list[str]:
-    """Read the ``dialogue`` and ``summary`` texts of one or more CSVs.
+    """Every non-empty ``dialogue`` and ``summary`` cell of one or more CSVs, file by file, row by row.
 
-    Args:
-        csv_paths: One CSV path or several. Each must have a ``dialogue`` and/or ``summary`` column.
-
-    Returns:
-        Every non-empty cell of those columns, file by file, row by row.
-
-    Raises:
-        FileNotFoundError: A path does not exist.
-        ValueError: A file has neither text column.
+    Raises FileNotFoundError for a missing file, ValueError for a file with neither column or no text at all.
     """
     texts: list[str] = []
     for path in as_paths(csv_paths):
@@ -67,19 +59,14 @@ def read_texts(csv_paths: str | Path | Sequence[str | Path]) -> list[str]:
             )
         for column in columns:
             texts.extend(t for t in frame[column].tolist() if t)
+    if not texts:
+        raise ValueError(f"{[str(p) for p in as_paths(csv_paths)]}: no non-empty dialogue/summary text to train on.")
     return texts
 
 
 def discover_masks(texts: Iterable[str], defaults: Sequence[str] = DEFAULT_MASKS) -> list[str]:
-    """List the mask tokens to register: ``defaults`` first, then others found in ``texts``, sorted.
-
-    Args:
-        texts: Texts to scan for ``#...#`` masks.
-        defaults: Masks always included, in this order.
-
-    Returns:
-        Unique masks; the order is deterministic so token ids are reproducible.
-    """
+    """The mask tokens to register: ``defaults`` first, then the other ``#...#`` masks in ``texts``, sorted (a
+    deterministic order, so token ids are reproducible)."""
     found = {m for text in texts for m in MASK_PATTERN.findall(text)}
     return list(dict.fromkeys(defaults)) + sorted(found - set(defaults))
 
