@@ -161,7 +161,7 @@ def test_a_family_without_an_auto_class_must_load_its_own_model() -> None:
     class Bare:
         auto_class = None
 
-    with pytest.raises(NotImplementedError, match="Bare sets no auto_class and does not override load_model"):
+    with pytest.raises(TypeError, match="Bare sets no auto_class and does not override load_model"):
         SummarizerBase.load_model(Bare(), "any", trust_remote_code=False)
     assert Seq2SeqSummarizer.auto_class is AutoModelForSeq2SeqLM
     assert CausalLMSummarizer.auto_class is AutoModelForCausalLM

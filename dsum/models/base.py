@@ -218,7 +218,7 @@ class SummarizerBase(L.LightningModule, ABC):
     def load_model(self, pretrained: str, trust_remote_code: bool) -> PreTrainedModel:
         """Load the family's Hugging Face model."""
         if self.auto_class is None:
-            raise NotImplementedError(f"{type(self).__name__} sets no auto_class and does not override load_model")
+            raise TypeError(f"{type(self).__name__} sets no auto_class and does not override load_model")
         return self.auto_class.from_pretrained(pretrained, trust_remote_code=trust_remote_code,
                                                **self.loading_kwargs())
 
